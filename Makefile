@@ -1,0 +1,32 @@
+# Thin aliases for the README's commands. Each target creates its own virtual
+# environment (.venv) and installs what it needs, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SIZE ?= 256
+
+.PHONY: demo test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# One stamp per extra, rebuilt when pyproject.toml changes.
+$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[$*]"
+	touch $@
+
+## Stylize a sample photo with a generated style image; writes out/stylized.png
+demo: $(VENV)/.installed-demo
+	$(PY) -m nst_engine samples out
+	$(PY) -m nst_engine stylize out/content.png out/style.png -o out/stylized.png --size $(SIZE)
+
+## Run the test suite
+test: $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench_engine.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

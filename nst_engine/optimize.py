@@ -1,0 +1,470 @@
+"""The Gatys et al. optimisation: pixels of G are the parameters, VGG19 is frozen.
+
+`Stylizer` owns a device, the frozen backbone(s) and a cache of style targets; `Stylizer.stylize`
+runs one job. The loop does no I/O: it reports `Progress` through a callback and checks a cancel
+flag every iteration.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .colour import grey_rgb, luminance, match_colors, match_luminance, with_content_chroma
+from .devices import configure_tf32, resolve_device
+from .losses import blend_grams, normalized_gram, total_cost
+from .params import EngineOptions, ParamError, StyleParams
+from .pixels import MIN_SIDE, fit_area, fit_long_side, resize_image, resize_tensor, to_image, to_tensor
+from .vgg import build_vgg19
+
+log = logging.getLogger(__name__)
+
+# Early stop compares the loss with its value this many iterations earlier.
+EARLY_STOP_WINDOW = 10
+# beta/alpha is calibrated on the Caffe weights (inputs 0-255). torchvision's model sees inputs
+# about 58x smaller (1/(255*std)), which scales content terms by ~58^2 and Grams' squares by ~58^4;
+# this restores the balance approximately.
+BACKBONE_STYLE_GAIN = {"caffe": 1.0, "torchvision": 58.0**2}
+
+
+class Cancelled(Exception):
+    """Raised by `Stylizer.stylize` when the cancel event was set; stops within one iteration."""
+
+
+@dataclass
+class Progress:
+    scale: int
+    """0-based index of the current scale."""
+    num_scales: int
+    iteration: int
+    """Iterations done so far, over all scales (1-based after the first step)."""
+    total: int
+    """Upper bound on iterations over all scales (early stop may end sooner)."""
+    losses: dict[str, float]
+    """'total', 'content', 'style', 'tv', and 'style:<layer>' for each style layer (weighted)."""
+    elapsed: float
+    eta: float
+    """Seconds left, estimated from the cost per pixel so far."""
+    size: tuple[int, int]
+    """(width, height) of the image at this scale."""
+    _render: Callable[[int], Image.Image] | None = field(default=None, repr=False)
+
+    def preview(self, max_side: int = 256) -> Image.Image:
+        """The picture as it is now, at most `max_side` px on its long side (only valid during the callback)."""
+        if self._render is None:
+            raise RuntimeError("no preview available")
+        return self._render(max_side)
+
+
+@dataclass
+class StyleResult:
+    image: Image.Image
+    """RGB output at the requested size."""
+    losses: dict[str, float]
+    """Final losses at the last scale, same keys as `Progress.losses`."""
+    timings: dict[str, float]
+    """Seconds: 'setup', 'optimize', 'total', and 'scale<i>' for each scale."""
+    iterations: int
+    evaluations: int
+    """Forward+backward passes (an L-BFGS line search sometimes needs more than one per iteration)."""
+    scales: list[tuple[int, int]]
+    """(width, height) of each scale, coarse to fine."""
+    device: str
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class StyleTargetCache:
+    """LRU of style targets (normalised Gram matrices per layer), keyed by what determines them."""
+
+    def __init__(self, max_entries: int = 32) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, dict[str, torch.Tensor]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        self.misses += 1
+        value = compute()
+        self._entries[key] = value
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def pixel_key(image: Image.Image) -> str:
+    """A cache key for an image's content (a few ms for a megapixel)."""
+    return "sha1:" + hashlib.sha1(image.tobytes() + repr((image.mode, image.size)).encode()).hexdigest()
+
+
+def scale_sizes(width: int, height: int, long_side: int, scales: int | None) -> list[tuple[int, int]]:
+    """Coarse-to-fine (w, h) per scale, each twice the previous, ending at `long_side`.
+
+    Auto: one scale up to ~190 px, two up to ~380 px, three beyond, so the coarsest stays >= ~96 px
+    where VGG's deep layers still see a useful map.
+    """
+    if scales is None:
+        scales = max(1, min(3, int(math.log2(long_side / 96)) + 1)) if long_side >= 96 else 1
+    return [fit_long_side(width, height, max(MIN_SIDE, round(long_side / 2 ** (scales - 1 - i))))
+            for i in range(scales)]
+
+
+@dataclass
+class _Scale:
+    """Everything fixed while one scale is optimised."""
+
+    content_target: torch.Tensor
+    grams: dict[str, torch.Tensor]
+    content_rgb: torch.Tensor
+    """Content pixels at this scale (for colour preservation and previews)."""
+
+
+class Stylizer:
+    """Runs style transfer jobs on one device. Not thread-safe: one job at a time per instance."""
+
+    def __init__(self, options: EngineOptions = EngineOptions(), *, cache_entries: int = 32) -> None:
+        self.options = options
+        self._device = resolve_device(options.device)
+        if self._device.type == "cuda":
+            configure_tf32(options.tf32)
+        self._models: dict[tuple, nn.Module] = {}
+        self.style_cache = StyleTargetCache(cache_entries)
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    # -- model -------------------------------------------------------------------------------
+    def _model(self, params: StyleParams) -> nn.Module:
+        layers = (params.content_layer, *params.style_layers)
+        key = (params.backbone, params.pooling, layers)
+        model = self._models.get(key)
+        if model is None:
+            net = build_vgg19(layers, pooling=params.pooling, backbone=params.backbone,
+                              weights_path=self.options.weights_path)
+            net = net.to(self._device)
+            if self.options.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            model = torch.compile(net) if self.options.compile else net
+            self._models[key] = model
+        return model
+
+    def warm_up(self, params: StyleParams = StyleParams()) -> None:
+        model = self._model(params)
+        with torch.no_grad():
+            self._features(model, torch.full((1, 3, 64, 64), 128.0, device=self._device))
+
+    def _features(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
+            return model(x)
+
+    # -- targets -----------------------------------------------------------------------------
+    def _style_grams(
+        self,
+        model: nn.Module,
+        params: StyleParams,
+        style: Image.Image,
+        key: str,
+        size: tuple[int, int],
+        content_rgb: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        colour_tag: tuple = ()
+        if params.preserve_colors:
+            # These transforms depend on the content's colours, so they are part of the key.
+            stats = content_rgb.mean(dim=(0, 2, 3)).tolist() + content_rgb.std(dim=(0, 2, 3)).tolist()
+            colour_tag = (params.color_method, tuple(round(v, 2) for v in stats))
+        cache_key = (key, params.backbone, params.pooling, params.style_layers, size, colour_tag)
+
+        def compute() -> dict[str, torch.Tensor]:
+            s = to_tensor(resize_image(style, size)).to(self._device)
+            if params.preserve_colors and params.color_method == "match":
+                s = match_colors(s, content_rgb)
+            elif params.preserve_colors:
+                s = grey_rgb(match_luminance(luminance(s), luminance(content_rgb)).clamp(0, 255))
+            with torch.no_grad():
+                feats = self._features(model, s)
+                return {layer: normalized_gram(feats[layer]) for layer in params.style_layers}
+
+        return self.style_cache.get_or_compute(cache_key, compute)
+
+    def _prepare_scale(
+        self,
+        model: nn.Module,
+        params: StyleParams,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        keys: Sequence[str],
+        blend: Sequence[float],
+        size: tuple[int, int],
+    ) -> _Scale:
+        content_rgb = to_tensor(resize_image(content, size)).to(self._device)
+        seen = grey_rgb(luminance(content_rgb)) if self._luminance_only(params) else content_rgb
+        with torch.no_grad():
+            content_target = self._features(model, seen)[params.content_layer].float()
+        area = size[0] * size[1] * params.style_scale**2
+        grams = [
+            self._style_grams(model, params, style, key, fit_area(*style.size, area), content_rgb)
+            for style, key in zip(styles, keys)
+        ]
+        return _Scale(content_target, blend_grams(grams, blend) if len(grams) > 1 else grams[0], content_rgb)
+
+    @staticmethod
+    def _luminance_only(params: StyleParams) -> bool:
+        return params.preserve_colors and params.color_method == "luminance"
+
+    # -- the job -------------------------------------------------------------------------------
+    def stylize(
+        self,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        params: StyleParams = StyleParams(),
+        *,
+        style_keys: Sequence[str | None] | None = None,
+        init_image: Image.Image | None = None,
+        callback: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> StyleResult:
+        """Stylize RGB `content` with one or more RGB `styles`.
+
+        style_keys: optional cache key per style image (e.g. 'preset:starry@<mtime>'); style targets
+        (Gram matrices) are cached per key, size and layer set. None = key by a hash of the pixels.
+        Raises ParamError for impossible parameters, Cancelled if `cancel` is set.
+        """
+        t_start = time.perf_counter()
+        if not styles:
+            raise ParamError("at least one style image is needed")
+        if params.style_blend is not None and len(params.style_blend) != len(styles):
+            raise ParamError(f"got {len(params.style_blend)} blend weights for {len(styles)} style images")
+        if params.init == "image" and init_image is None:
+            raise ParamError("init 'image' needs an init image")
+        content = content.convert("RGB")
+        styles = [s.convert("RGB") for s in styles]
+        keys = [k or pixel_key(s) for s, k in zip(styles, style_keys or [None] * len(styles))]
+        blend = params.style_blend or tuple(1.0 for _ in styles)
+        sizes = scale_sizes(*content.size, params.size, params.scales)
+        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else 0)
+        if params.seed is None:
+            generator.seed()
+
+        model = self._model(params)
+        luminance_only = self._luminance_only(params)
+        layer_weights = dict(zip(params.style_layers, params.layer_weights))
+        beta = params.beta * BACKBONE_STYLE_GAIN[params.backbone]
+        clock = _Clock(sizes, params.steps)
+        timings: dict[str, float] = {"setup": 0.0}
+        x: torch.Tensor | None = None
+        losses: dict[str, float] = {}
+        iterations = evaluations = 0
+
+        for index, size in enumerate(sizes):
+            t_scale = time.perf_counter()
+            scale = self._prepare_scale(model, params, content, styles, keys, blend, size)
+            timings["setup"] += time.perf_counter() - t_scale
+            x = self._initial(params, scale, size, x, init_image, generator, luminance_only)
+
+            def evaluate(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                seen = image.expand(-1, 3, -1, -1) if luminance_only else image
+                return total_cost(
+                    activations=self._features(model, seen), content_target=scale.content_target,
+                    content_layer=params.content_layer, grams_target=scale.grams, layer_weights=layer_weights,
+                    alpha=params.alpha, beta=beta, tv_weight=params.tv_weight, image=image,
+                )
+
+            def render(max_side: int, image: torch.Tensor, content_rgb: torch.Tensor = scale.content_rgb) -> Image.Image:
+                return to_image(self._finish(image, content_rgb, luminance_only, fit_long_side(*size, max_side)))
+
+            x, done, evals = self._optimize(x, evaluate, params, index, len(sizes), size, clock, render, callback, cancel)
+            iterations += done
+            evaluations += evals
+            timings[f"scale{index}"] = time.perf_counter() - t_scale
+            if index == len(sizes) - 1:
+                with torch.no_grad():
+                    total, parts = evaluate(x)
+                losses = {"total": total.item(), **{k: v.item() for k, v in parts.items()}}
+
+        assert x is not None
+        image = to_image(self._finish(x, scale.content_rgb, luminance_only, sizes[-1]))
+        timings["total"] = time.perf_counter() - t_start
+        timings["optimize"] = timings["total"] - timings["setup"]
+        return StyleResult(image, losses, timings, iterations, evaluations, sizes, str(self._device))
+
+    def _initial(
+        self,
+        params: StyleParams,
+        scale: _Scale,
+        size: tuple[int, int],
+        previous: torch.Tensor | None,
+        init_image: Image.Image | None,
+        generator: torch.Generator,
+        luminance_only: bool,
+    ) -> torch.Tensor:
+        if previous is not None:
+            x = resize_tensor(previous, size)  # coarse-to-fine: start from the upsampled result
+        elif init_image is not None:
+            x = to_tensor(resize_image(init_image.convert("RGB"), size)).to(self._device)
+        elif params.init == "noise":
+            x = (torch.rand((1, 3, size[1], size[0]), generator=generator) * 255).to(self._device)
+        else:
+            x = scale.content_rgb.clone()
+        if luminance_only and x.shape[1] == 3:
+            x = luminance(x).clamp(0, 255)
+        return x.contiguous()
+
+    @staticmethod
+    def _finish(x: torch.Tensor, content_rgb: torch.Tensor, luminance_only: bool, size: tuple[int, int]) -> torch.Tensor:
+        x = x.detach()
+        if luminance_only:
+            x = with_content_chroma(grey_rgb(x), content_rgb)
+        return resize_tensor(x.float(), size)
+
+    def _optimize(
+        self,
+        x0: torch.Tensor,
+        evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        params: StyleParams,
+        index: int,
+        num_scales: int,
+        size: tuple[int, int],
+        clock: _Clock,
+        render: Callable[[int, torch.Tensor], Image.Image],
+        callback: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> tuple[torch.Tensor, int, int]:
+        """Optimise one scale; returns the best evaluated image (in range), iterations and evaluations.
+
+        L-BFGS runs as one `step` with a strong-Wolfe line search: without a line search it diverged
+        on the course-normalised cost (equal layer weights) within two iterations. Progress, the cancel
+        check and the early stop all live in the closure, at iteration boundaries.
+        """
+        x = x0.detach().clone().requires_grad_(True)
+        lbfgs = params.optimizer == "lbfgs"
+        if lbfgs:
+            opt: torch.optim.Optimizer = torch.optim.LBFGS(
+                [x], lr=1.0, max_iter=params.steps, max_eval=params.steps * 2, history_size=50,
+                tolerance_grad=1e-12, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+        else:
+            opt = torch.optim.Adam([x], lr=params.learning_rate)
+        best: dict[str, Any] = {"loss": math.inf, "x": x.detach().clone(), "parts": {}, "evals": 0}
+        history: list[float] = []  # best loss at the end of each iteration
+
+        def iteration_done() -> None:
+            history.append(best["loss"])
+            done = len(history)
+            clock.tick(index, done)
+            if callback is not None:
+                parts = {k: v.item() for k, v in best["parts"].items()}
+                snapshot = best["x"]
+                callback(Progress(
+                    scale=index, num_scales=num_scales, iteration=clock.iterations, total=clock.total,
+                    losses={"total": best["loss"], **parts}, elapsed=clock.elapsed(), eta=clock.eta(index, done),
+                    size=size, _render=lambda side, _x=snapshot: render(side, _x),
+                ))
+            if done >= params.steps:
+                raise _Converged
+            if params.early_stop > 0 and done > EARLY_STOP_WINDOW:
+                before = history[-1 - EARLY_STOP_WINDOW]
+                if before - best["loss"] < params.early_stop * abs(before):
+                    raise _Converged
+
+        def closure() -> torch.Tensor:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            # With L-BFGS, the first evaluation of iteration k+1 means iteration k has ended.
+            if lbfgs and opt.state[x].get("n_iter", 0) > len(history) + 1:
+                iteration_done()
+            with torch.no_grad():
+                x.clamp_(0, 255)  # keep pixels in range at every evaluation (projection)
+            opt.zero_grad(set_to_none=True)
+            loss, parts = evaluate(x)
+            loss.backward()
+            with torch.no_grad():
+                # Projected gradient: at a bound, a component that points out of the box is dropped,
+                # so the optimiser's model of the objective does not chase pixels it cannot move.
+                g = x.grad
+                g.masked_fill_(((x <= 0) & (g > 0)) | ((x >= 255) & (g < 0)), 0.0)
+            best["evals"] += 1
+            value = loss.item()  # sync point, once per evaluation
+            if not math.isfinite(value):
+                raise _Diverged
+            if value < best["loss"]:
+                best.update(loss=value, x=x.detach().clone(), parts={k: v.detach() for k, v in parts.items()})
+            return loss
+
+        try:
+            while True:  # L-BFGS's step() may return early (flat loss, eval cap): go on until a cap or convergence
+                opt.step(closure)
+                iteration_done()
+        except _Converged:
+            pass
+        except _Diverged:
+            log.warning("non-finite loss at scale %d after %d iterations; keeping the best image", index, len(history))
+        clock.finish_scale(index, len(history))
+        return best["x"].clamp(0, 255), len(history), best["evals"]
+
+
+class _Converged(Exception):
+    """Internal: the scale reached its iteration cap or stopped improving."""
+
+
+class _Diverged(Exception):
+    """Internal: the loss became non-finite."""
+
+
+class _Clock:
+    """Elapsed time and an ETA that counts each remaining iteration by its pixel count."""
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], steps: int) -> None:
+        self.start = time.perf_counter()
+        self.pixels = [w * h for w, h in sizes]
+        self.steps = steps
+        self.done = [0] * len(sizes)
+        self.total = steps * len(sizes)
+        self._last = self.start
+        self._work = 0.0  # pixel-iterations done
+        self._seconds = 0.0
+
+    @property
+    def iterations(self) -> int:
+        return sum(self.done)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def tick(self, index: int, done: int) -> None:
+        now = time.perf_counter()
+        self.done[index] = done
+        self._work += self.pixels[index]
+        self._seconds += now - self._last
+        self._last = now
+
+    def finish_scale(self, index: int, done: int) -> None:
+        # An early stop shrinks the total; the time spent setting up the next scale is not iteration time.
+        self.total -= self.steps - done
+        self._last = time.perf_counter()
+
+    def eta(self, index: int, done: int) -> float:
+        remaining = (self.steps - done) * self.pixels[index] + self.steps * sum(self.pixels[index + 1:])
+        return remaining * self._seconds / max(self._work, 1.0)

@@ -1,0 +1,223 @@
+"""Command line: stylize local files without Discord, with a progress bar.
+
+    python -m nst_engine stylize CONTENT STYLE [STYLE ...] -o OUT.png [options]
+    python -m nst_engine samples DIR
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import procedural
+from .params import STYLE_LAYERS, EngineOptions, ParamError, StyleParams
+
+log = logging.getLogger(__name__)
+
+_DEFAULTS = StyleParams()
+_OUTPUT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+class CliError(Exception):
+    """One line for the user; the CLI exits non-zero without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the whole usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m nst_engine stylize",
+        description="Neural style transfer (Gatys et al.) of CONTENT in the style of one or more STYLE images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("content", help="content photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")
+    p.add_argument("styles", nargs="+", metavar="STYLE",
+                   help=f"style image file(s), or a built-in generated style: {', '.join(procedural.NAMES)}")
+    p.add_argument("-o", "--output", required=True, help="output file; .png, .jpg/.jpeg or .webp picks the format")
+
+    g = p.add_argument_group("what you get")
+    g.add_argument("--size", type=int, default=_DEFAULTS.size, help="long side of the output in pixels")
+    g.add_argument("--strength", type=float, default=_DEFAULTS.strength,
+                   help="style strength, 0 (barely) to 10 (style dominates); +1 doubles the style weight")
+    g.add_argument("--preserve-colors", action="store_true", help="keep the content photo's colours")
+    g.add_argument("--color-method", choices=("luminance", "match"), default=_DEFAULTS.color_method,
+                   help="with --preserve-colors: luminance-only transfer, or match the style's colours to the photo")
+    g.add_argument("--style-blend", type=float, nargs="+", metavar="W",
+                   help="relative weight of each STYLE (default: equal)")
+    g.add_argument("--style-scale", type=float, default=_DEFAULTS.style_scale,
+                   help="style image size relative to the output; < 1 gives finer brush strokes")
+    g.add_argument("--tv-weight", type=float, default=_DEFAULTS.tv_weight, help="total-variation smoothing weight")
+    g.add_argument("--seed", type=int, help="random seed (reproducible runs on the CPU)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=_DEFAULTS.steps, help="most iterations per scale")
+    g.add_argument("--scales", type=int, help="coarse-to-fine scales (default: 1-3 by size)")
+    g.add_argument("--early-stop", type=float, default=_DEFAULTS.early_stop,
+                   help="stop a scale when the loss improves by less than this fraction in 10 iterations; 0 = off")
+    g.add_argument("--optimizer", choices=("lbfgs", "adam"), default=_DEFAULTS.optimizer)
+    g.add_argument("--lr", type=float, default=_DEFAULTS.learning_rate, help="Adam learning rate (pixel units)")
+    g.add_argument("--init", choices=("content", "noise"), default=_DEFAULTS.init, help="starting image")
+    g.add_argument("--init-image", help="start from this image instead")
+
+    g = p.add_argument_group("model and cost")
+    g.add_argument("--backbone", choices=("caffe", "torchvision"), default=_DEFAULTS.backbone,
+                   help="VGG19 weights: original ImageNet (offline) or torchvision's (downloads once)")
+    g.add_argument("--pooling", choices=("max", "avg"), default=_DEFAULTS.pooling)
+    g.add_argument("--content-layer", default=_DEFAULTS.content_layer)
+    g.add_argument("--style-layers", nargs="+", default=list(STYLE_LAYERS), metavar="LAYER")
+    g.add_argument("--style-layer-weights", type=float, nargs="+", metavar="LAMBDA",
+                   help="lambda per style layer (default: equal)")
+    g.add_argument("--content-weight", type=float, help="alpha (default 1)")
+    g.add_argument("--style-weight", type=float, help="beta (default: from --strength)")
+
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="use NCHW instead of the faster NHWC layout")
+    g.add_argument("--no-tf32", dest="tf32", action="store_false", help="full fp32 matmuls on CUDA")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the VGG passes")
+    g.add_argument("--compile", action="store_true", help="torch.compile the VGG (slow first run)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def params_from_args(args: argparse.Namespace) -> StyleParams:
+    return StyleParams(
+        size=args.size, steps=args.steps, strength=args.strength,
+        style_blend=tuple(args.style_blend) if args.style_blend else None, style_scale=args.style_scale,
+        preserve_colors=args.preserve_colors, color_method=args.color_method, tv_weight=args.tv_weight,
+        pooling=args.pooling, content_layer=args.content_layer, style_layers=tuple(args.style_layers),
+        style_layer_weights=tuple(args.style_layer_weights) if args.style_layer_weights else None,
+        content_weight=args.content_weight, style_weight=args.style_weight, optimizer=args.optimizer,
+        learning_rate=args.lr, init="image" if args.init_image else args.init, seed=args.seed,
+        scales=args.scales, early_stop=args.early_stop, backbone=args.backbone,
+    )
+
+
+def _load(path: str, what: str):
+    from .imaging import ImageError, read_image_file
+
+    try:
+        return read_image_file(path)
+    except ImageError as exc:
+        raise CliError(f"{what}: {exc.message}") from None
+
+
+def _load_style(arg: str):
+    if not os.path.exists(arg) and arg in procedural.NAMES:
+        return procedural.generate(arg, 512)
+    return _load(arg, "style image").rgb
+
+
+def _output_format(path: str) -> str:
+    ext = Path(path).suffix.lower()
+    if ext not in _OUTPUT_FORMATS:
+        raise CliError(f"output {path!r}: use a .png, .jpg, .jpeg or .webp file name")
+    if not Path(path).resolve().parent.is_dir():
+        raise CliError(f"output {path!r}: folder {str(Path(path).parent)!r} does not exist")
+    return _OUTPUT_FORMATS[ext]
+
+
+class _Bar:
+    """tqdm over the iterations of all scales; the total shrinks when a scale stops early."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=p.total, unit="it", dynamic_ncols=True, file=sys.stderr)
+        self.bar.total = p.total
+        self.bar.set_description(f"scale {p.scale + 1}/{p.num_scales} {p.size[0]}x{p.size[1]}", refresh=False)
+        self.bar.set_postfix(loss=f"{p.losses['total']:.3g}", refresh=False)
+        self.bar.update(p.iteration - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args: argparse.Namespace) -> Path:
+    from .devices import DeviceUnavailable
+    from .imaging import ImageError, encode_image
+    from .optimize import Stylizer
+    from .vgg import BackboneUnavailable
+
+    fmt = _output_format(args.output)
+    try:
+        params = params_from_args(args)
+    except ParamError as exc:
+        raise CliError(str(exc)) from None
+    content = _load(args.content, "content image")
+    styles = [_load_style(s) for s in args.styles]
+    init = _load(args.init_image, "init image").rgb if args.init_image else None
+    options = EngineOptions(device=args.device, channels_last=args.channels_last, tf32=args.tf32,
+                            bf16=args.bf16, compile=args.compile)
+    bar = _Bar(not args.quiet)
+    try:
+        stylizer = Stylizer(options)
+        result = stylizer.stylize(content.rgb, styles, params, init_image=init, callback=bar)
+    except (ParamError, DeviceUnavailable, BackboneUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        bar.close()
+    try:
+        encoded = encode_image(result.image, fmt, alpha=content.alpha)
+    except ImageError as exc:
+        raise CliError(exc.message) from None
+    out = Path(args.output)
+    out.write_bytes(encoded.data)
+    log.info("%s: %dx%d, %d iterations on %s in %.1f s (content %.3g, style %.3g)", out, *result.image.size,
+             result.iterations, result.device, result.timings["total"], result.losses["content"],
+             result.losses["style"])
+    return out
+
+
+def stylize_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    started = time.perf_counter()
+    try:
+        out = run(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"wrote {out} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def samples_main(argv: list[str]) -> int:
+    """Write content.png (a CC0 photo from scikit-image's sample data) and style.png (generated) into DIR."""
+    p = _Parser(prog="python -m nst_engine samples", description=samples_main.__doc__)
+    p.add_argument("folder", help="where to write content.png and style.png")
+    p.add_argument("--style", choices=procedural.NAMES, default="brushstrokes")
+    args = p.parse_args(argv)
+    try:
+        from skimage import data
+    except ImportError:
+        print("error: the sample photo comes from scikit-image; install it with: pip install -e '.[demo]'",
+              file=sys.stderr)
+        return 1
+    from PIL import Image
+
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.chelsea()).save(folder / "content.png")  # CC0, Stefan van der Walt
+    procedural.generate(args.style, 512).save(folder / "style.png")
+    print(f"wrote {folder / 'content.png'} and {folder / 'style.png'}")
+    return 0

@@ -19,7 +19,8 @@ _RGB_TO_YIQ = torch.tensor(
     ],
     dtype=torch.float64,
 )
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ).float()
+_RGB_TO_YIQ = _RGB_TO_YIQ.float()  # float32: MPS has no float64
 
 
 def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -64,11 +65,14 @@ def _sqrtm(cov: torch.Tensor, inverse: bool = False) -> torch.Tensor:
 
 
 def match_colors(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Recolour `source` so its pixel mean and covariance equal `target`'s (symmetric matrix square roots)."""
-    src = source[0].double().reshape(3, -1)
-    tgt = target[0].double().reshape(3, -1)
+    """Recolour `source` so its pixel mean and covariance equal `target`'s (symmetric matrix square roots).
+
+    Computed in float64 on the CPU (MPS has no float64; the 3x3 statistics are cheap anywhere).
+    """
+    src = source[0].detach().cpu().double().reshape(3, -1)
+    tgt = target[0].detach().cpu().double().reshape(3, -1)
     mu_s, mu_t = src.mean(1, keepdim=True), tgt.mean(1, keepdim=True)
     cov_s = torch.cov(src) + 1e-5 * torch.eye(3, dtype=src.dtype)
     cov_t = torch.cov(tgt) + 1e-5 * torch.eye(3, dtype=src.dtype)
     mapped = _sqrtm(cov_t) @ _sqrtm(cov_s, inverse=True) @ (src - mu_s) + mu_t
-    return mapped.reshape(source.shape).to(source.dtype).clamp(0, 255)
+    return mapped.reshape(source.shape).to(source).clamp(0, 255)

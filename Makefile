@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SIZE ?= 256
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-service run-engine clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_engine.py
+
+bench-service: $(VENV)/.installed-test
+	$(PY) benchmarks/bench_service.py
+
+## The engine HTTP service on 127.0.0.1:8765 (set ENGINE_TOKEN to listen elsewhere)
+run-engine: $(VENV)/.installed-test
+	$(PY) -m nst_engine serve
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

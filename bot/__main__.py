@@ -1,0 +1,89 @@
+"""`python -m bot`: settings (environment, then `.env`), logging, then the bot until Ctrl-C / SIGTERM.
+
+With no ENGINE_URLS the bot starts a local engine process first (embedded default), so this one command
+runs everything on one machine.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import aiohttp
+
+from .client import StyleBot
+from .engine_client import EngineClient
+from .engine_process import EmbeddedEngine, EngineStartError
+from .journal import Journal
+from .settings import BotSettings, SettingsError, environment
+
+log = logging.getLogger("bot")
+
+
+class _RedactToken(logging.Filter):
+    """Belt and braces: the token is never logged on purpose, but a library might echo it in an error."""
+
+    def __init__(self, *secrets: str | None) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(s in message for s in self.secrets):
+            for s in self.secrets:
+                message = message.replace(s, "[redacted]")
+            record.msg, record.args = message, ()
+        return True
+
+
+def setup_logging(settings: BotSettings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RedactToken(settings.discord_token, settings.engine_token))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+
+
+async def run(settings: BotSettings) -> int:
+    async with aiohttp.ClientSession() as session:
+        embedded = None
+        urls, token = list(settings.engine_urls), settings.engine_token
+        if settings.embedded_engine:
+            embedded = EmbeddedEngine(start_timeout=settings.engine_start_timeout)
+            try:
+                await embedded.start(session)
+            except EngineStartError as exc:
+                log.error("%s", exc)
+                return 1
+            urls, token = [embedded.url], embedded.token
+        try:
+            journal = await Journal.open(settings.db_path)
+            async with journal:
+                engine = EngineClient(session, urls, token)
+                async with StyleBot(settings, session=session, journal=journal, engine=engine) as bot:
+                    await bot.start(settings.discord_token)
+        finally:
+            if embedded is not None:
+                await embedded.stop()
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = BotSettings.from_env(environment(os.environ))
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"bot: {problem}", file=sys.stderr)
+        return 2
+    setup_logging(settings)
+    try:
+        return asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

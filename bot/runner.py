@@ -1,0 +1,360 @@
+"""The life of an accepted job: wait for the user's turn, submit to an engine, follow its progress, answer.
+
+Every step is written to the journal first, so `recover()` after a restart picks each unfinished job up
+where it was: reattached to its engine job if the engine still has it, resubmitted if not. All Discord
+output goes through ordinary channel messages (never the 15-minute interaction token), so a job that
+outlives the token, or the bot process, is still answered in its channel.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import random
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import discord
+
+from . import render
+from .engine_client import JobSpec
+from .errors import EngineBusy, EngineError, EngineUnavailable, JobLost
+from .journal import CANCELLED, DONE, FAILED, PENDING, SUBMITTED, JobRecord
+from .views import result_view, running_view
+
+if TYPE_CHECKING:
+    from .client import StyleBot
+
+log = logging.getLogger(__name__)
+
+# Long side of the preview images the engine sends while a job runs (small: they are only a glimpse).
+PREVIEW_SIDE = 192
+# First wait before retrying an offline engine; doubles up to settings.engine_retry_max_seconds.
+RETRY_START_S = 1.0
+# With several engines, a job whose engine stays unreachable this many times in a row is resubmitted elsewhere.
+FAILOVER_AFTER = 3
+# When Discord still says the file is too large (413, code 40005): try again this many times, each time
+# with this fraction of the bytes that were refused.
+UPLOAD_RETRIES, UPLOAD_SHRINK = 6, 0.6
+GENERIC_FAILURE = "something went wrong on my side. Please try again."
+# On shutdown, how long the Discord requests that jobs had in flight may take to finish.
+CLOSE_IO_TIMEOUT_S = 10.0
+T = TypeVar("T")
+
+
+class _Backoff:
+    def __init__(self, start: float, cap: float) -> None:
+        self.start, self.cap, self.current = start, cap, start
+
+    def next(self) -> float:
+        delay = min(self.cap, self.current) * random.uniform(0.8, 1.2)
+        self.current = min(self.cap, self.current * 2)
+        return max(0.05, delay)
+
+    def reset(self) -> None:
+        self.current = self.start
+
+
+class StatusMessage:
+    """The job's status message in its channel: edited in place, throttled, recreated if it was deleted."""
+
+    def __init__(self, runner: JobRunner, job: JobRecord) -> None:
+        self.runner = runner
+        self.bot = runner.bot
+        self.job = job
+        self.channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        self._last_edit = 0.0
+        self._last_text: str | None = None
+        self._last_preview = 0.0
+
+    @property
+    def mention(self) -> str:
+        return f"<@{self.job.user_id}>"
+
+    async def show(self, text: str, *, force: bool = False, preview: bytes | None = None) -> None:
+        """Show `text` (and a preview image). Unforced updates within PROGRESS_EDIT_INTERVAL are dropped."""
+        now = time.monotonic()
+        if text == self._last_text and preview is None:
+            return
+        if not force and now - self._last_edit < self.bot.settings.progress_edit_interval:
+            return
+        kwargs: dict[str, Any] = {"content": text, "view": running_view(self.job.id)}
+        if preview is not None:
+            kwargs["attachments"] = [discord.File(io.BytesIO(preview), filename="preview.jpg")]
+            self._last_preview = now
+        self._last_edit, self._last_text = now, text
+        await self._edit(**kwargs)
+
+    def preview_due(self) -> bool:
+        interval = self.bot.settings.preview_interval
+        return interval > 0 and time.monotonic() - self._last_preview >= interval
+
+    async def final(self, text: str, *, file: discord.File | None = None, view: discord.ui.View | None = None) -> None:
+        await self._edit(content=text, attachments=[file] if file else [], view=view, raise_errors=file is not None)
+
+    async def _edit(self, *, raise_errors: bool = False, **kwargs: Any) -> None:
+        """Edit the status message (or post it, if there is none or it was deleted)."""
+        message_id = self.job.status_message_id
+        try:
+            if message_id is not None:
+                try:
+                    await self.runner.shielded(self.channel.get_partial_message(message_id).edit(**kwargs))
+                    return
+                except discord.NotFound:
+                    log.info("status message of job %s is gone; posting a new one", self.job.id)
+            files = kwargs.pop("attachments", None) or None
+            message = await self.runner.shielded(self.channel.send(
+                **kwargs, files=files, allowed_mentions=discord.AllowedMentions(users=True)))
+            self.job = await self.bot.journal.update_job(self.job, status_message_id=message.id)
+        except discord.HTTPException as exc:
+            if raise_errors:
+                raise
+            log.warning("could not update the status of job %s: %s", self.job.id, exc)
+
+
+class JobRunner:
+    def __init__(self, bot: StyleBot) -> None:
+        self.bot = bot
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled_by: dict[str, str] = {}
+        self._delivering: set[str] = set()
+        self._io: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a Discord request so that cancelling the job (Cancel button, shutdown) does not cut it off:
+        discord.py's rate limiter blocks its bucket for 30 s when a request is cancelled in flight."""
+        task = asyncio.ensure_future(coro)
+        self._io.add(task)
+        task.add_done_callback(self._io.discard)
+        return await asyncio.shield(task)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def spawn(self, job: JobRecord) -> None:
+        if job.id in self._tasks or self._closing:
+            return
+        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"nst-job-{job.id}")
+
+    async def recover(self) -> int:
+        """Pick up every unfinished job of the journal (after a restart); returns how many."""
+        jobs = await self.bot.journal.unfinished_jobs()
+        for job in jobs:
+            self.bot.scheduler.restore(job.id, job.user_id, job.guild_id)
+        for job in jobs:
+            self.spawn(job)
+        if jobs:
+            log.info("recovered %d unfinished job(s) from the journal", len(jobs))
+        return len(jobs)
+
+    async def close(self) -> None:
+        """Stop following jobs; they stay in the journal and are picked up by the next start."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._io:  # Discord requests the jobs had in flight
+            await asyncio.wait(set(self._io), timeout=CLOSE_IO_TIMEOUT_S)
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    async def cancel(self, job: JobRecord, by: str) -> bool:
+        """Cancel a job (at the engine too); False if it already finished or is being delivered."""
+        task = self._tasks.get(job.id)
+        if task is None or job.id in self._delivering or job.finished:
+            return False
+        self._cancelled_by[job.id] = by
+        task.cancel()
+        return True
+
+    # -- one job ------------------------------------------------------------------------------------------------
+
+    async def _run(self, job: JobRecord) -> None:
+        status = StatusMessage(self, job)
+        try:
+            ahead = self.bot.scheduler.ahead_of(job.id)
+            if ahead:
+                await status.show(render.waiting_own_text(status.mention, job.id, ahead), force=True)
+                await self.bot.scheduler.wait_turn(job.id)
+            await self._drive(status)
+        except asyncio.CancelledError:
+            if self._closing or job.id not in self._cancelled_by:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._finish_cancelled(status)
+        except Exception:
+            log.exception("job %s failed in the bot", job.id)
+            await self._finish(status, FAILED, render.failed_text(status.mention, job.id, GENERIC_FAILURE),
+                               error="internal error")
+        finally:
+            if not self._closing:
+                self.bot.scheduler.release(job.id)
+            self._tasks.pop(job.id, None)
+            self._cancelled_by.pop(job.id, None)
+            self._delivering.discard(job.id)
+
+    async def _drive(self, status: StatusMessage) -> None:
+        backoff = _Backoff(RETRY_START_S, max(RETRY_START_S, self.bot.settings.engine_retry_max_seconds))
+        unreachable = 0
+        while True:
+            job = status.job
+            if job.engine_job_id is None:
+                try:
+                    submitted = await self.bot.engine.submit(await self._spec(job))
+                except EngineUnavailable:
+                    await status.show(render.offline_text(status.mention, job.id), force=True)
+                    await asyncio.sleep(backoff.next())
+                    continue
+                except EngineBusy as exc:
+                    await status.show(render.busy_text(status.mention, job.id), force=True)
+                    await asyncio.sleep(max(backoff.next(), min(exc.retry_after or 0, backoff.cap)))
+                    continue
+                except EngineError as exc:
+                    await self._finish(status, FAILED, render.failed_text(status.mention, job.id, exc.message),
+                                       error=exc.code)
+                    return
+                status.job = await self.bot.journal.update_job(
+                    job, state=SUBMITTED, engine_url=submitted.engine, engine_job_id=submitted.job_id,
+                    attempts=job.attempts + 1)
+                backoff.reset()
+                unreachable = 0
+                continue
+            try:
+                final = await self._follow(status)
+            except JobLost:
+                log.info("engine lost job %s (%s); resubmitting", job.id, job.engine_job_id)
+                status.job = await self.bot.journal.update_job(job, state=PENDING, engine_url=None, engine_job_id=None)
+                continue
+            except EngineUnavailable as exc:
+                unreachable += 1
+                log.info("engine unreachable for job %s: %s", job.id, exc.detail)
+                if unreachable >= FAILOVER_AFTER and len(self.bot.engine.urls) > 1:
+                    status.job = await self.bot.journal.update_job(job, state=PENDING, engine_url=None,
+                                                                   engine_job_id=None)
+                    unreachable = 0
+                    continue
+                await status.show(render.offline_text(status.mention, job.id), force=True)
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            if await self._conclude(status, final):
+                return
+
+    async def _follow(self, status: StatusMessage) -> dict[str, Any]:
+        """Follow the engine's event stream, showing position and progress; returns the final event."""
+        job = status.job
+        assert job.engine_url and job.engine_job_id
+        mention = status.mention
+        preview = PREVIEW_SIDE if self.bot.settings.preview_interval > 0 else None
+        last_progress: dict[str, Any] | None = None
+        async for event in self.bot.engine.events(job.engine_url, job.engine_job_id, preview=preview):
+            kind = event.get("type")
+            if kind == "status" and event.get("state") == "queued":
+                await status.show(render.queued_text(mention, job.id, event.get("position"), event.get("eta_s")),
+                                  force=True)
+            elif kind == "position":
+                await status.show(render.queued_text(mention, job.id, event.get("position"), None))
+            elif kind == "started" or (kind == "status" and event.get("state") == "running"):
+                await status.show(render.started_text(mention, job.id), force=True)
+            elif kind == "progress":
+                last_progress = event
+                await status.show(render.progress_text(mention, job.id, event))
+            elif kind == "preview" and status.preview_due() and event.get("data"):
+                text = render.progress_text(mention, job.id, last_progress) if last_progress else (
+                    render.started_text(mention, job.id))
+                await status.show(text, force=True, preview=base64.b64decode(event["data"]))
+            elif kind in ("done", "failed", "cancelled", "timed_out", "expired"):
+                return event
+        raise EngineUnavailable("the event stream ended without a final event")
+
+    async def _conclude(self, status: StatusMessage, final: dict[str, Any]) -> bool:
+        """Answer the job from its final engine event; False when it must be resubmitted."""
+        job = status.job
+        kind = final["type"]
+        error = final.get("error") or {}
+        if kind == "done":
+            await self._deliver(status, final)
+            return True
+        if kind == "expired" or (kind == "cancelled" and error.get("code") == "engine_shutdown"):
+            log.info("job %s ended %s at the engine (%s); resubmitting", job.id, kind, error.get("code"))
+            status.job = await self.bot.journal.update_job(job, state=PENDING, engine_url=None, engine_job_id=None)
+            return False
+        if kind == "cancelled":
+            await self._finish_cancelled(status)
+            return True
+        message = error.get("message") or ("it took too long." if kind == "timed_out" else GENERIC_FAILURE)
+        await self._finish(status, FAILED, render.failed_text(status.mention, job.id, message),
+                           error=error.get("code", kind))
+        return True
+
+    async def _deliver(self, status: StatusMessage, final: dict[str, Any]) -> None:
+        job = status.job
+        self._delivering.add(job.id)
+        assert job.engine_url and job.engine_job_id
+        try:
+            data = await self.bot.engine.result(job.engine_url, job.engine_job_id)
+        except EngineError as exc:
+            if exc.status in (404, 409, 410):  # forgotten or expired meanwhile: run it again
+                self._delivering.discard(job.id)
+                status.job = await self.bot.journal.update_job(job, state=PENDING, engine_url=None,
+                                                               engine_job_id=None)
+                raise JobLost(job.engine_job_id) from None
+            raise
+        limit = self.upload_limit(job)
+        text = render.done_text(status.mention, job.id, job.params, *(render.image_size(data) or (None, None)),
+                                seconds=final.get("run_s"))
+        for attempt in range(UPLOAD_RETRIES + 1):
+            payload, ext = await asyncio.to_thread(render.fit_to_limit, data, limit)
+            try:
+                await status.final(text, file=discord.File(io.BytesIO(payload), filename=f"stylized-{job.id}{ext}"),
+                                   view=result_view(job))
+                break
+            except discord.HTTPException as exc:
+                # The channel's real limit is lower than we knew: smaller, and again.
+                if (exc.status == 413 or exc.code == 40005) and attempt < UPLOAD_RETRIES:
+                    limit = int(min(limit, len(payload)) * UPLOAD_SHRINK)
+                    log.info("job %s: the result was too large for the channel; trying %d bytes", job.id, limit)
+                    continue
+                raise
+        status.job = await self.bot.journal.update_job(status.job, state=DONE, error=None)
+        log.info("job %s done (%d bytes)", job.id, len(payload))
+
+    async def _finish(self, status: StatusMessage, state: str, text: str, *, error: str | None = None) -> None:
+        await status.final(text, view=None)
+        status.job = await self.bot.journal.update_job(status.job, state=state, error=error)
+
+    async def _finish_cancelled(self, status: StatusMessage) -> None:
+        job = status.job
+        by = self._cancelled_by.get(job.id)
+        if job.engine_url and job.engine_job_id:
+            try:
+                await self.bot.engine.cancel(job.engine_url, job.engine_job_id)
+            except EngineError as exc:
+                log.info("could not cancel engine job %s: %s", job.engine_job_id, exc.code)
+        await self._finish(status, CANCELLED, render.cancelled_text(status.mention, job.id, by), error="cancelled")
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def upload_limit(self, job: JobRecord) -> int:
+        guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
+        return guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+
+    async def _spec(self, job: JobRecord) -> JobSpec:
+        inputs = await self.bot.journal.inputs(job.id)
+        if inputs is None:
+            raise EngineError(410, "inputs_gone", "its images are no longer stored. Please send them again.")
+        content, style = inputs
+        p = job.params
+        return JobSpec(
+            requester=str(job.user_id), content=content, content_name=job.content_name, style=style,
+            style_name=job.style_name, preset=p.preset, size=p.size, steps=p.steps or self.bot.settings.job_steps,
+            strength=render.STRENGTHS.get(p.strength, render.STRENGTHS[render.DEFAULT_STRENGTH]),
+            preserve_colors=p.preserve_colors, seed=p.seed, byte_budget=max(64 * 1024, self.upload_limit(job)),
+        )

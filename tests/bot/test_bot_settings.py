@@ -1,0 +1,144 @@
+"""Settings from the environment and `.env`; the engine client's retries; the embedded engine process."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import pytest
+
+import tests.discord_double  # noqa: F401  # isort: skip  (before discord: audioop warning)
+
+import aiohttp  # isort: skip
+from aiohttp import web  # isort: skip
+
+from bot.engine_client import EngineClient, JobSpec  # isort: skip
+from bot.errors import EngineBusy, EngineError, EngineUnavailable  # isort: skip
+from bot.settings import VARIABLES, BotSettings, SettingsError, environment, read_env_file  # isort: skip
+
+
+def test_from_env_defaults_and_values():
+    s = BotSettings.from_env({"DISCORD_TOKEN": "abc.def.ghi", "ENGINE_URLS": "http://a:1/, http://b:2",
+                              "ALLOWED_CDN_HOSTS": "CDN.discordapp.com", "MAX_QUEUED_PER_USER": "4",
+                              "USER_COOLDOWN_SECONDS": "2.5", "DEV_GUILD_ID": "123", "LOG_LEVEL": "debug"})
+    assert s.engine_urls == ("http://a:1", "http://b:2") and not s.embedded_engine
+    assert s.allowed_cdn_hosts == ("cdn.discordapp.com",) and s.max_queued_per_user == 4
+    assert s.user_cooldown_seconds == 2.5 and s.dev_guild_id == 123 and s.log_level == "DEBUG"
+    assert s.command_prefix == "!" and BotSettings.from_env({"DISCORD_TOKEN": "x"}).embedded_engine
+    assert "abc.def.ghi" not in repr(s)
+
+
+def test_every_problem_is_one_clear_line():
+    with pytest.raises(SettingsError) as err:
+        BotSettings.from_env({"MAX_QUEUED_PER_USER": "many", "DEFAULT_SIZE": "2048", "MAX_SIZE": "1024",
+                              "ENGINE_URLS": "ftp://x", "LOG_LEVEL": "LOUD"})
+    problems = err.value.problems
+    assert "MAX_QUEUED_PER_USER must be a whole number, got 'many'" in problems
+    with pytest.raises(SettingsError) as err:
+        BotSettings.from_env({"DEFAULT_SIZE": "2048", "MAX_SIZE": "1024", "ENGINE_URLS": "ftp://x",
+                              "LOG_LEVEL": "LOUD"})
+    problems = err.value.problems
+    assert "DISCORD_TOKEN is not set" in problems
+    assert any(p.startswith("DEFAULT_SIZE (2048) must not be larger") for p in problems)
+    assert any("ENGINE_URLS" in p for p in problems) and any("LOG_LEVEL" in p for p in problems)
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("# comment\nDISCORD_TOKEN='from-file'\nexport COMMAND_PREFIX=? # trailing\n\nBROKEN LINE\n")
+    assert read_env_file(env) == {"DISCORD_TOKEN": "from-file", "COMMAND_PREFIX": "?"}
+    merged = environment({"DISCORD_TOKEN": "from-env"}, env)
+    assert merged == {"DISCORD_TOKEN": "from-env", "COMMAND_PREFIX": "?"}
+    assert read_env_file(tmp_path / "missing") == {}
+
+
+def test_every_variable_is_documented():
+    from pathlib import Path
+
+    doc = Path(__file__).parents[2] / "docs" / "bot.md"
+    text = doc.read_text()
+    for name in VARIABLES:
+        assert f"`{name}`" in text, name
+
+
+def test_main_prints_one_line_per_problem(monkeypatch, capsys, tmp_path):
+    from bot import __main__ as main_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    assert main_module.main() == 2
+    assert "bot: DISCORD_TOKEN is not set" in capsys.readouterr().err
+
+
+def test_the_token_is_redacted_from_logs(caplog):
+    from bot.__main__ import _RedactToken
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "oops %s", ("Bot sekrit.token.value",), None)
+    assert _RedactToken("sekrit.token.value").filter(record)
+    assert record.getMessage() == "oops Bot [redacted]"
+
+
+# --- the engine client -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_engine_client_retries_5xx_and_429_then_gives_up():
+    calls: list[str] = []
+    answers = [web.json_response({"error": {"code": "internal_error", "message": "x"}}, status=500),
+               web.json_response({"error": {"code": "queue_full", "message": "full"}}, status=429,
+                                 headers={"Retry-After": "0"}),
+               web.json_response({"job_id": "j1", "state": "queued"}, status=202)]
+
+    async def create(request: web.Request) -> web.Response:
+        calls.append(request.headers.get("Authorization", ""))
+        await request.read()
+        return answers.pop(0) if answers else web.json_response(
+            {"error": {"code": "too_many_jobs", "message": "You already have 3 jobs waiting."}}, status=429)
+
+    app = web.Application()
+    app.router.add_post("/v1/jobs", create)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = EngineClient(session, [f"http://127.0.0.1:{port}"], "tok" * 6, backoff=0.01, max_backoff=0.02)
+            spec = JobSpec(requester="42", content=b"x", content_name="c.png", preset="mosaic")
+            submitted = await client.submit(spec)
+            assert submitted.job_id == "j1" and calls == [f"Bearer {'tok' * 6}"] * 3
+            with pytest.raises(EngineBusy) as busy:
+                await client.submit(spec)
+            assert busy.value.code == "too_many_jobs" and "3 jobs" in busy.value.message
+            dead = EngineClient(session, ["http://127.0.0.1:9"], None, backoff=0.01, max_backoff=0.02)
+            with pytest.raises(EngineUnavailable):
+                await dead.submit(spec)
+            with pytest.raises(EngineError):
+                await client.status(f"http://127.0.0.1:{port}", "nope")
+            assert "tok" not in repr(client)
+    finally:
+        await runner.cleanup()
+
+
+# --- the embedded engine -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_embedded_engine_starts_on_loopback_with_a_token_and_stops(tmp_path):
+    from bot.engine_process import EmbeddedEngine
+
+    env = {"PATH": "/usr/bin:/bin", "ENGINE_DEVICE": "cpu", "ENGINE_PRESETS_DIR": str(tmp_path / "presets"),
+           "ENGINE_LOG_LEVEL": "WARNING", "ENGINE_WARM_UP": "false", "PYTHONPATH": str(sys.path[0])}
+    engine = EmbeddedEngine(environ=env, start_timeout=120)
+    async with aiohttp.ClientSession() as session:
+        try:
+            await asyncio.wait_for(engine.start(session), 150)
+            assert engine.url.startswith("http://127.0.0.1:") and len(engine.token) >= 32
+            async with session.get(f"{engine.url}/v1/queue") as resp:
+                assert resp.status == 401  # a token is required
+            client = EngineClient(session, [engine.url], engine.token)
+            assert "mosaic" in await client.presets()
+        finally:
+            await engine.stop()
+    assert engine._proc is None

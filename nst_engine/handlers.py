@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .imaging import DecodedImage, decode_image, normalize_format, shrink_to
+from .imaging import DecodedImage, decode_image, encode_image, normalize_format, shrink_to
 from .jobs import TERMINAL, Job, JobInputs, JobState
 from .keys import (
     IMAGE_EXECUTOR_KEY,
@@ -47,6 +47,8 @@ MIN_BYTE_BUDGET, MAX_BYTE_BUDGET = 64 * 1024, 1024 * 1024 * 1024
 # An event-stream line every this many seconds keeps proxies from closing a quiet stream.
 HEARTBEAT_SECONDS = 15.0
 DEFAULT_PREVIEW_SIDE = 256
+# Preset thumbnails are for contact sheets; bigger requests would just re-serve the painting.
+PRESET_THUMB_DEFAULT, PRESET_THUMB_MAX = 128, 512
 _READ_CHUNK = 64 * 1024
 
 _JOB_FIELDS = frozenset({
@@ -464,6 +466,27 @@ async def add_preset(request: web.Request) -> web.Response:
     replace = _parse(form, "replace", parse_bool, "true or false") or False
     info = await _in_thread(request, request.app[PRESETS_KEY].add, name, images[0].data, replace=replace)
     return web.json_response(info.as_dict(), status=201)
+
+
+async def preset_image(request: web.Request) -> web.Response:
+    """A PNG thumbnail of a preset (the bot's contact sheet), at most `size` px on its long side."""
+    raw = request.query.get("size", str(PRESET_THUMB_DEFAULT))
+    try:
+        side = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"size must be a whole number, got {raw[:40]!r}.") from None
+    if not 16 <= side <= PRESET_THUMB_MAX:
+        raise ApiError(400, "invalid_parameter", f"size must be between 16 and {PRESET_THUMB_MAX}.")
+    name = request.match_info["name"]
+    library = request.app[PRESETS_KEY]
+
+    def render() -> bytes:
+        image = library.load(name).copy()
+        image.thumbnail((side, side))
+        return encode_image(image, "png").data
+
+    data = await _in_thread(request, render)
+    return web.Response(body=data, content_type="image/png")
 
 
 async def remove_preset(request: web.Request) -> web.Response:

@@ -25,4 +25,5 @@ def setup_routes(app: web.Application) -> None:
 
     r.add_get(f"{API}/presets", handlers.list_presets)
     r.add_post(f"{API}/presets", handlers.add_preset)
+    r.add_get(f"{API}/presets/{{name}}/image", handlers.preset_image)
     r.add_delete(f"{API}/presets/{{name}}", handlers.remove_preset)

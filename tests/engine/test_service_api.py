@@ -407,6 +407,21 @@ async def test_presets_list_add_use_remove(start_engine, samples, procedural):
         assert (await _error(resp))["code"] == "preset_is_builtin"
 
 
+async def test_preset_thumbnail(start_engine, procedural):
+    engine = await start_engine()
+    name = procedural.NAMES[0]
+    async with engine.client.get(f"/v1/presets/{name}/image", params={"size": "64"}, headers=engine.auth) as resp:
+        assert resp.status == 200 and resp.content_type == "image/png"
+        with Image.open(io.BytesIO(await resp.read())) as im:
+            assert max(im.size) == 64
+    async with engine.client.get(f"/v1/presets/{name}/image") as resp:
+        assert resp.status == 401
+    async with engine.client.get("/v1/presets/nope/image", headers=engine.auth) as resp:
+        assert resp.status == 404 and (await _error(resp))["code"] == "unknown_preset"
+    async with engine.client.get(f"/v1/presets/{name}/image", params={"size": "9999"}, headers=engine.auth) as resp:
+        assert resp.status == 400 and (await _error(resp))["code"] == "invalid_parameter"
+
+
 async def test_preset_errors(start_engine, samples, procedural):
     engine = await start_engine()
     async with await _add_preset(engine, "bad name!", samples.png()) as resp:

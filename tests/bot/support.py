@@ -196,40 +196,12 @@ class BotRunner:
             try:
                 client = EngineClient(session, settings.engine_urls, settings.engine_token, backoff=0.05,
                                       max_backoff=0.3)
-                bot = BotForDouble(settings, session=session, journal=journal, engine=client, guild_ready_timeout=0.1)
+                bot = StyleBot(settings, session=session, journal=journal, engine=client, guild_ready_timeout=0.1)
                 async with running(bot, self.double, wait_ready=True):
                     await self.double.wait_for("commands_sync")
                     yield bot
             finally:
                 await journal.close()
-
-
-class BotForDouble(StyleBot):
-    """The real bot, minus its message context menus at sync time: the double's command-name check
-    (`^[-_\\w]{1,32}$`) refuses the spaces Discord allows in context menu names, and the double cannot invoke
-    message commands anyway."""
-
-    async def sync_dev_guild(self, guild_id: int) -> None:
-        menus = self.tree.get_commands(type=discord.AppCommandType.message)
-        for menu in menus:
-            self.tree.remove_command(menu.name, type=menu.type)
-        await super().sync_dev_guild(guild_id)
-        for menu in menus:  # still there for interactions built by `invoke_message_command`
-            self.tree.add_command(menu)
-
-
-async def invoke_message_command(double: DiscordDouble, name: str, message: dict[str, Any],
-                                 user: Any = None) -> Any:
-    """A user runs the message context menu `name` on `message` (the double cannot: see BotForDouble)."""
-    from tests.discord_double import events, interactions
-
-    target = double.message(message["id"])
-    data = {"id": str(double.snowflakes.make()), "name": name, "type": 3, "target_id": target["id"],
-            "resolved": {"messages": {target["id"]: target}}, "guild_id": str(double.guild.id)}
-    channel = double.store.channel(int(target["channel_id"]))
-    ix = interactions.new_interaction(double, 2, data, user=user or double.user, channel=channel)
-    await events.interaction_create(double, ix.payload)
-    return ix
 
 
 # --- reading the channel ---------------------------------------------------------------------------------------

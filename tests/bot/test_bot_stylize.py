@@ -107,13 +107,12 @@ async def test_reply_to_a_message_with_an_image(harness, engine, discord_double:
 
 
 async def test_context_menus_use_as_style_and_stylize_with(harness, engine, discord_double: DiscordDouble):
-    from tests.bot.support import invoke_message_command
 
     double = discord_double
     async with harness.run(engine):
         art = await double.post_message("my painting", author=double.owner,
                                         attachments=[("art.png", PAINTING, "image/png")])
-        saved = await invoke_message_command(double, "Use as style", art)
+        saved = await double.invoke_message_command("Use as style", art)
         assert (await saved.wait_response()).response_type == 5
         saved_reply = await saved.wait_for("followup_create")
         ix = await double.invoke_slash("stylize", attachments={"content": ("p.png", PHOTO)})
@@ -121,7 +120,7 @@ async def test_context_menus_use_as_style_and_stylize_with(harness, engine, disc
         final = await final_of(double, status.message_id)
 
         photo = await double.post_message("a photo", attachments=[("p.png", png(40, 30), "image/png")])
-        menu = await invoke_message_command(double, "Stylize with…", photo)
+        menu = await double.invoke_message_command("Stylize with…", photo)
         picker = await menu.wait_response()
         picked = await double.select(picker.message, "nst:pick-preset", ["swirls"])
         await picked.wait_response()

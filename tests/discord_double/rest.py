@@ -214,6 +214,8 @@ async def get_current_application(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------------------------
 # application commands
 # ---------------------------------------------------------------------------------------------
+# Chat-input (slash) names: lowercase, no spaces. User and message context menus allow spaces and case.
+# https://discord.com/developers/docs/interactions/application-commands#application-command-object-application-command-naming
 _COMMAND_NAME = re.compile(r"^[-_\w]{1,32}$")
 
 
@@ -235,7 +237,8 @@ def _normalise_command(
     prefix = "" if index is None else f"{index}."
     ctype = int(data.get("type", 1))
     name = data.get("name") or ""
-    if not _COMMAND_NAME.match(name) or (ctype == 1 and name != name.lower()):
+    valid = bool(_COMMAND_NAME.match(name)) and name == name.lower() if ctype == 1 else 1 <= len(name) <= 32
+    if not valid:
         raise form_error(f"{prefix}name", "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
     description = data.get("description", "")
     if ctype == 1 and not 1 <= len(description) <= 100:

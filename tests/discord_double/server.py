@@ -343,6 +343,22 @@ class DiscordDouble:
         await events.interaction_create(self, ix.payload)
         return ix
 
+    async def invoke_message_command(
+        self, name: str, message: dict[str, Any], *, user: User | None = None
+    ) -> InteractionHandle:
+        """A user runs the message context menu ``name`` on ``message`` (INTERACTION_CREATE type 2
+        with ``data.type`` 3, ``target_id`` and ``resolved.messages``)."""
+        target = self.message(message["id"])
+        channel = self.store.channel(int(target["channel_id"]))
+        command = interactions.find_command(self, name, channel, ctype=3)
+        data = {"id": command["id"], "name": name, "type": 3, "target_id": target["id"],
+                "resolved": {"messages": {target["id"]: target}}}
+        if channel.guild_id:
+            data["guild_id"] = str(channel.guild_id)
+        ix = interactions.new_interaction(self, 2, data, user=user or self.user, channel=channel)
+        await events.interaction_create(self, ix.payload)
+        return ix
+
     async def autocomplete(
         self,
         name: str,

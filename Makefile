@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SIZE ?= 256
 
-.PHONY: demo test bench bench-service run-engine clean
+.PHONY: demo test bench bench-service run-engine fetch-presets clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench-service: $(VENV)/.installed-test
 ## The engine HTTP service on 127.0.0.1:8765 (set ENGINE_TOKEN to listen elsewhere)
 run-engine: $(VENV)/.installed-test
 	$(PY) -m nst_engine serve
+
+## Download and verify the default style presets into ./presets (needs internet; the Docker build does it itself)
+fetch-presets: $(VENV)/.installed-test
+	$(PY) -m nst_engine fetch-presets
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

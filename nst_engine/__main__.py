@@ -6,9 +6,10 @@ import sys
 USAGE = """usage: python -m nst_engine COMMAND ...
 
 commands:
-  stylize   stylize a photo with one or more style images (see `stylize --help`)
-  samples   write a sample photo and a generated style image into a folder
-  serve     run the engine HTTP service (see `serve --help`)
+  stylize        stylize a photo with one or more style images (see `stylize --help`)
+  samples        write a sample photo and a generated style image into a folder
+  serve          run the engine HTTP service (see `serve --help`)
+  fetch-presets  download and verify the default style presets (see `fetch-presets --help`)
 """
 
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from .serve import main as serve_main
 
         return serve_main(rest)
+    if command == "fetch-presets":
+        from .fetch_presets import main as fetch_presets_main
+
+        return fetch_presets_main(rest)
     print(f"nst_engine: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SIZE ?= 256
 
-.PHONY: demo test bench bench-service run-engine fetch-presets clean
+.PHONY: demo stylize test bench bench-service run-engine fetch-presets clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,13 @@ $(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e ".[$*]"
 	touch $@
 
-## Stylize a sample photo with a generated style image; writes out/stylized.png
+## The whole flow without Discord: the Discord double, the engine and the bot; a simulated user
+## posts !stylize with a sample photo and a generated painting; the bot's reply lands in out/demo-reply.png
 demo: $(VENV)/.installed-demo
+	$(PY) -m devtools.demo --size $(SIZE) -o out/demo-reply.png
+
+## The engine alone through its CLI: writes out/stylized.png
+stylize: $(VENV)/.installed-demo
 	$(PY) -m nst_engine samples out
 	$(PY) -m nst_engine stylize out/content.png out/style.png -o out/stylized.png --size $(SIZE)
 

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from nst_engine.optimize import Stylizer
 from nst_engine.params import EngineOptions
 
-pytest_plugins = ["tests.discord_double.pytest_plugin"]
+pytest_plugins = ["devtools.discord_double.pytest_plugin"]
 
 
 def make_content(width: int = 64, height: int = 40) -> Image.Image:

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 # Import the double before discord: it silences discord.py's import-time audioop DeprecationWarning.
-from tests.discord_double import PERMISSIONS, DiscordDouble, RateLimitPolicy, Upload, running  # isort: skip
+from devtools.discord_double import PERMISSIONS, DiscordDouble, RateLimitPolicy, Upload, running  # isort: skip
 
 import discord  # isort: skip
 from discord import app_commands  # isort: skip

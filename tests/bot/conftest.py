@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.discord_double import DiscordDouble  # isort: skip  (before discord)
+from devtools.discord_double import DiscordDouble  # isort: skip  (before discord)
 
 from tests.bot.support import BotRunner, Engine  # isort: skip
 

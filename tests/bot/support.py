@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 # Import the double before discord (it silences discord.py's audioop warning).
-from tests.discord_double import DiscordDouble, running  # isort: skip
+from devtools.discord_double import DiscordDouble, running  # isort: skip
 
 import aiohttp  # isort: skip
 import discord  # isort: skip

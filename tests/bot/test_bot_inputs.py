@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bot.support import PAINTING, PHOTO  # isort: skip
-from tests.discord_double import DiscordDouble, Upload  # isort: skip
+from devtools.discord_double import DiscordDouble, Upload  # isort: skip
 
 pytestmark = pytest.mark.asyncio
 

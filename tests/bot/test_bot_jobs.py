@@ -6,7 +6,7 @@ import pytest
 from tests.bot.support import (  # isort: skip
     PAINTING, PHOTO, buttons, decode, final_of, job_id_of, settled, until,
 )
-from tests.discord_double import DiscordDouble  # isort: skip
+from devtools.discord_double import DiscordDouble  # isort: skip
 
 pytestmark = pytest.mark.asyncio
 TWO = [("photo.png", PHOTO, "image/png"), ("art.png", PAINTING, "image/png")]

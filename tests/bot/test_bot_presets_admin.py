@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bot.support import PAINTING, PHOTO, decode, final_of, job_id_of, settled  # isort: skip
-from tests.discord_double import DiscordDouble  # isort: skip
+from devtools.discord_double import DiscordDouble  # isort: skip
 
 pytestmark = pytest.mark.asyncio
 

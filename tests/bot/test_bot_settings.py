@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import tests.discord_double  # noqa: F401  # isort: skip  (before discord: audioop warning)
+import devtools.discord_double  # noqa: F401  # isort: skip  (before discord: audioop warning)
 
 import aiohttp  # isort: skip
 from aiohttp import web  # isort: skip

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from tests.bot.support import PAINTING, PHOTO, buttons, decode, final_of, job_id_of, png, settled  # isort: skip
-from tests.discord_double import DiscordDouble  # isort: skip
+from devtools.discord_double import DiscordDouble  # isort: skip
 
 pytestmark = pytest.mark.asyncio
 

@@ -1,7 +1,7 @@
-"""``python -m tests.discord_double``: run the double standalone (a dev tool) and print how to
+"""``python -m devtools.discord_double``: run the double standalone (a dev tool) and print how to
 point a bot at it. Stop with Ctrl-C.
 
-Point a discord.py bot at it from Python with ``tests.discord_double.pointed_at(URL)`` and start
+Point a discord.py bot at it from Python with ``devtools.discord_double.pointed_at(URL)`` and start
 the bot with the printed token. The test API (post_message, invoke_slash, ...) is only reachable
 in-process; standalone, the double is a passive Discord that logs what the bot does.
 """

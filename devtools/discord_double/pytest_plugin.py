@@ -1,6 +1,6 @@
 """pytest fixtures for end-to-end bot tests against the Discord double.
 
-Use them with ``pytest_plugins = ["tests.discord_double.pytest_plugin"]`` in the root
+Use them with ``pytest_plugins = ["devtools.discord_double.pytest_plugin"]`` in the root
 conftest, or import the fixtures into a test module.
 """
 

@@ -54,8 +54,8 @@ SUPPORTED_DISCORD_PY = "2.7.1"
 def check_version() -> None:
     if discord.__version__ != SUPPORTED_DISCORD_PY:
         raise RuntimeError(
-            f"tests/discord_double was written against discord.py {SUPPORTED_DISCORD_PY}, found "
-            f"{discord.__version__}: re-check the internals listed in tests/discord_double/hooks.py, "
+            f"devtools/discord_double was written against discord.py {SUPPORTED_DISCORD_PY}, found "
+            f"{discord.__version__}: re-check the internals listed in devtools/discord_double/hooks.py, "
             "then update SUPPORTED_DISCORD_PY"
         )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from .params import StyleParams
 
 T = TypeVar("T")
 
@@ -57,7 +58,7 @@ class EngineSettings:
     default_size: int = 512
     max_steps: int = 500
     """Cap on optimiser steps per scale."""
-    default_steps: int = 300
+    default_steps: int = StyleParams().steps  # one default for the CLI and the service
     max_styles: int = 4
     queue_size: int = 50
     """Queued jobs (all requesters); beyond it submissions get 429 with Retry-After."""

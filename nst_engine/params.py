@@ -16,7 +16,7 @@ CONTENT_LAYER = "relu4_2"
 # (see README, "Choosing the weights").
 STRENGTH_MIN, STRENGTH_MAX, STRENGTH_DEFAULT = 0.0, 10.0, 5.0
 BASE_CONTENT_WEIGHT = 1.0
-BASE_STYLE_RATIO = 3e-4
+BASE_STYLE_RATIO = 1.5e-4
 
 Pooling = Literal["max", "avg"]
 ColorMethod = Literal["luminance", "match"]

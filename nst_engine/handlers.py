@@ -29,6 +29,7 @@ from .keys import (
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .middlewares import ApiError
+from .optimize import scale_sizes
 from .params import StyleParams
 from .presets import UnknownPreset
 from .queue import QueueClosed, QueueFull, RequesterLimit
@@ -293,6 +294,7 @@ async def create_job(request: web.Request) -> web.Response:
     content, content_size = await _in_thread(
         request, _decode_shrunk, contents[0].data, settings.max_pixels, "content image",
         _MARGIN * req.params.size)
+    scale_sizes(*content.rgb.size, req.params.size, req.params.scales)  # too thin: ParamError -> 400 now, not later
     styles, keys, labels = [], [], []
     style_side = max(_MIN_STYLE_SIDE, math.ceil(_MARGIN * req.params.size * req.params.style_scale))
     for i, upload in enumerate(style_files):

@@ -124,6 +124,11 @@ def scale_sizes(width: int, height: int, long_side: int, scales: int | None) -> 
     Auto: one scale up to ~190 px, two up to ~380 px, three beyond, so the coarsest stays >= ~96 px
     where VGG's deep layers still see a useful map.
     """
+    if min(width, height) * long_side / max(width, height) < MIN_SIDE:
+        raise ParamError(
+            f"the image is too thin ({width}x{height}): at {long_side} px its short side would be under "
+            f"{MIN_SIDE} px; crop it to a less extreme shape or ask for a larger size"
+        )
     if scales is None:
         scales = max(1, min(3, int(math.log2(long_side / 96)) + 1)) if long_side >= 96 else 1
     return [fit_long_side(width, height, max(MIN_SIDE, round(long_side / 2 ** (scales - 1 - i))))

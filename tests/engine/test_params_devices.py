@@ -41,6 +41,10 @@ def test_scale_schedule_is_coarse_to_fine_and_automatic():
     assert scale_sizes(600, 400, 512, None) == [(128, 85), (256, 171), (512, 341)]
     assert len(scale_sizes(600, 400, 2048, None)) == 3
     assert scale_sizes(400, 400, 512, 2) == [(256, 256), (512, 512)]
+    # A coarse scale of a thin image may be padded to the minimum side; the output never is.
+    assert scale_sizes(1000, 100, 512, None) == [(128, 16), (256, 26), (512, 51)]
+    with pytest.raises(ParamError, match="too thin"):
+        scale_sizes(2000, 20, 512, None)
 
 
 def test_device_resolution():

@@ -407,6 +407,15 @@ async def test_presets_list_add_use_remove(start_engine, samples, procedural):
         assert (await _error(resp))["code"] == "preset_is_builtin"
 
 
+async def test_a_too_thin_photo_is_refused_at_submit(start_engine, samples):
+    engine = await start_engine()
+    thin = samples.encode(samples.rgb(400, 4), "PNG")
+    async with await engine.submit(thin, presets=["mosaic"], size="64") as resp:
+        assert resp.status == 400
+        error = await _error(resp)
+        assert error["code"] == "invalid_parameter" and "too thin" in error["message"]
+
+
 async def test_preset_thumbnail(start_engine, procedural):
     engine = await start_engine()
     name = procedural.NAMES[0]

@@ -24,6 +24,9 @@ T = TypeVar("T")
 # engine holds it (engine_url/engine_job_id); the rest are final.
 PENDING, SUBMITTED, DONE, FAILED, CANCELLED = "pending", "submitted", "done", "failed", "cancelled"
 FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
+# The images of finished jobs are kept this long for the result buttons (Again, Stronger...), then
+# deleted, so the database does not grow with every picture ever posted.
+INPUT_RETENTION_SECONDS = 7 * 24 * 3600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -206,8 +209,15 @@ class Journal:
                      job.status_message_id, job.state, job.engine_url, job.engine_job_id, job.params.to_json(),
                      job.content_name, job.style_name, job.parent_id, job.attempts, job.error))
                 db.execute("INSERT INTO job_inputs (job_id, content, style) VALUES (?,?,?)", (job.id, content, style))
+                self._prune_inputs(db, job.created_at - INPUT_RETENTION_SECONDS)
 
         await self._run(add)
+
+    @staticmethod
+    def _prune_inputs(db: sqlite3.Connection, before: float) -> None:
+        db.execute(
+            "DELETE FROM job_inputs WHERE job_id IN (SELECT id FROM jobs WHERE state IN (?, ?, ?) AND updated_at < ?)",
+            (*sorted(FINAL_STATES), before))
 
     async def update_job(self, job: JobRecord, **changes: Any) -> JobRecord:
         """Write `changes` (JobRecord field names) and return the updated record."""

@@ -112,3 +112,18 @@ def test_total_cost_is_alpha_content_plus_beta_style_plus_tv():
     assert parts["style:s"].item() == pytest.approx(40 * js, rel=1e-5)
     assert parts["tv"].item() == pytest.approx(10 * 0.5 * tv_cost(image).item(), rel=1e-5)
     assert total.item() == pytest.approx(10 * jc + 40 * js + parts["tv"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalized_gram_gradient_matches_plain_autograd(channels_last):
+    a = torch.rand(1, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    a.requires_grad_(True)
+    target = torch.rand(3, 3, dtype=torch.float64)
+    ((normalized_gram(a) - target) ** 2).sum().backward()
+    ours = a.grad.clone()
+    b = a.detach().clone().requires_grad_(True)
+    f = b.reshape(3, 20)
+    (((f @ f.T) / (2 * 20 * 3) - target) ** 2).sum().backward()
+    assert torch.allclose(ours, b.grad)

@@ -37,12 +37,13 @@ def test_sizes_keep_the_aspect_ratio():
 
 def test_scale_schedule_is_coarse_to_fine_and_automatic():
     assert scale_sizes(600, 400, 64, None) == [(64, 43)]
-    assert scale_sizes(600, 400, 256, None) == [(128, 85), (256, 171)]
-    assert scale_sizes(600, 400, 512, None) == [(128, 85), (256, 171), (512, 341)]
-    assert len(scale_sizes(600, 400, 2048, None)) == 3
+    assert scale_sizes(600, 400, 120, None) == [(120, 80)]
+    assert scale_sizes(600, 400, 256, None) == [(64, 43), (128, 85), (256, 171)]
+    assert scale_sizes(600, 400, 512, None) == [(64, 43), (128, 85), (256, 171), (512, 341)]
+    assert scale_sizes(600, 400, 2048, None)[0] == (256, 171)
     assert scale_sizes(400, 400, 512, 2) == [(256, 256), (512, 512)]
     # A coarse scale of a thin image may be padded to the minimum side; the output never is.
-    assert scale_sizes(1000, 100, 512, None) == [(128, 16), (256, 26), (512, 51)]
+    assert scale_sizes(1000, 100, 512, None) == [(64, 16), (128, 16), (256, 26), (512, 51)]
     with pytest.raises(ParamError, match="too thin"):
         scale_sizes(2000, 20, 512, None)
 

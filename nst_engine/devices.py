@@ -1,11 +1,9 @@
 """Choosing and configuring the torch device."""
 from __future__ import annotations
 
-import logging
 
 import torch
 
-log = logging.getLogger(__name__)
 
 
 class DeviceUnavailable(RuntimeError):

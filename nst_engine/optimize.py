@@ -298,7 +298,7 @@ class Stylizer:
             timings["setup"] += time.perf_counter() - t_scale
             x = self._initial(params, scale, size, x, init_image, generator, luminance_only)
 
-            def evaluate(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            def evaluate(image: torch.Tensor, scale: _Scale = scale) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
                 seen = image.expand(-1, 3, -1, -1) if luminance_only else image
                 return total_cost(
                     activations=self._features(model, seen), content_target=scale.content_target,
@@ -306,8 +306,10 @@ class Stylizer:
                     alpha=params.alpha, beta=beta, tv_weight=params.tv_weight, image=image,
                 )
 
-            def render(max_side: int, image: torch.Tensor, content_rgb: torch.Tensor = scale.content_rgb) -> Image.Image:
-                return to_image(self._finish(image, content_rgb, luminance_only, fit_long_side(*size, max_side)))
+            def render(max_side: int, image: torch.Tensor, scale: _Scale = scale,
+                       size: tuple[int, int] = size) -> Image.Image:
+                # Bound now: a callback may keep a Progress and ask for its preview after this scale.
+                return to_image(self._finish(image, scale.content_rgb, luminance_only, fit_long_side(*size, max_side)))
 
             x, done, evals = self._optimize(
                 x, evaluate, params, caps[index], index, len(sizes), size, clock, render, callback, cancel)

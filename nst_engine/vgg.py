@@ -11,7 +11,6 @@ Both take RGB pixels in 0-255 and do their own preprocessing, so the optimiser n
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -19,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
 
 # (block, convs per block) of VGG19; every conv is followed by a ReLU, every block by a pool.
 _BLOCKS = ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))

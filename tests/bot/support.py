@@ -19,7 +19,6 @@ from PIL import Image
 from devtools.discord_double import DiscordDouble, running  # isort: skip
 
 import aiohttp  # isort: skip
-import discord  # isort: skip
 from aiohttp.test_utils import TestServer  # isort: skip
 
 from bot.client import StyleBot  # isort: skip

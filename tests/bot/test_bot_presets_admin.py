@@ -95,7 +95,7 @@ async def test_admin_sets_limits_and_channels(harness, engine, discord_double: D
 
 async def test_owner_sync_command(harness, engine, discord_double: DiscordDouble):
     double = discord_double
-    async with harness.run(engine) as bot:
+    async with harness.run(engine):
         await double.post_message("!sync guild", author=double.owner)
         reply = await double.wait_for("message_create")
         await double.post_message("!sync")

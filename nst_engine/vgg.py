@@ -129,6 +129,9 @@ class VGG19Features(nn.Module):
         for name in LAYER_NAMES[: last + 1]:
             if name.startswith("conv"):
                 w, b = weights[name]
+                if name == "conv1_1" and backbone == "caffe":
+                    # The Caffe model reads BGR: flip its first filters once instead of every input.
+                    w = w.flip(1)
                 conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=3, padding=1)
                 conv.weight.data.copy_(w)
                 conv.bias.data.copy_(b)
@@ -141,7 +144,7 @@ class VGG19Features(nn.Module):
         self.trunk = nn.Sequential(*modules)
         self._wanted = {LAYER_INDEX[n]: n for n in self.layers}
         if backbone == "caffe":
-            # RGB 0-255 -> BGR minus mean: a flip and a shift.
+            # RGB 0-255 minus the (BGR-ordered) mean, reordered to RGB; conv1_1 is flipped above.
             self.register_buffer("shift", torch.tensor(CAFFE_MEAN_BGR[::-1]).view(1, 3, 1, 1))
             self.register_buffer("scale", torch.ones(1, 3, 1, 1))
         elif backbone == "torchvision":
@@ -153,8 +156,7 @@ class VGG19Features(nn.Module):
         self.eval()
 
     def preprocess(self, rgb255: torch.Tensor) -> torch.Tensor:
-        x = (rgb255 - self.shift) * self.scale
-        return x.flip(1) if self.backbone == "caffe" else x
+        return (rgb255 - self.shift) * self.scale
 
     def forward(self, rgb255: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.preprocess(rgb255)

@@ -106,8 +106,14 @@ def test_torchvision_state_dict_maps_onto_our_layers(monkeypatch):
     assert torch.allclose(net.preprocess(x)[0, :, 0, 0], expected, atol=1e-5)
 
 
-def test_caffe_preprocessing_is_bgr_minus_mean():
+def test_caffe_preprocessing_is_mean_subtraction_with_bgr_filters():
     net = VGG19Features(load_caffe_weights(), ("relu1_1",))
     x = torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1)
     out = net.preprocess(x)[0, :, 0, 0]
-    assert torch.allclose(out, torch.tensor([30 - 103.939, 20 - 116.779, 10 - 123.68]))
+    assert torch.allclose(out, torch.tensor([10 - 123.68, 20 - 116.779, 30 - 103.939]))
+    # The BGR model's first filters are reordered to read RGB (instead of flipping every input).
+    bgr_weights = load_caffe_weights()["conv1_1"][0]
+    assert torch.equal(net.trunk[0].weight, bgr_weights.flip(1))
+    # ...so preprocessing is elementwise and keeps a channels-last input's layout.
+    cl = (torch.rand(1, 3, 8, 8) * 255).contiguous(memory_format=torch.channels_last)
+    assert net.preprocess(cl).is_contiguous(memory_format=torch.channels_last)

@@ -39,7 +39,7 @@ class StyleParams:
     size: int = 512
     """Long side of the output in pixels; the aspect ratio of the content photo is kept."""
     steps: int = 200
-    """Most optimiser iterations per scale (early stop usually ends a scale sooner)."""
+    """Most optimiser iterations at the final scale; coarser scales get a quarter (early stop may end sooner)."""
     strength: float = STRENGTH_DEFAULT
     """0 (barely styled) ... 10 (style dominates); maps to beta/alpha by `style_ratio`."""
     style_blend: tuple[float, ...] | None = None
@@ -66,7 +66,7 @@ class StyleParams:
     init: InitName = "content"
     seed: int | None = None
     scales: int | None = None
-    """Number of coarse-to-fine scales; None picks 1-3 from the size."""
+    """Number of coarse-to-fine scales; None picks 1-4 from the size (coarsest >= 64 px)."""
     early_stop: float = 5e-3
     """Stop a scale when the loss improved by less than this fraction over the last 10 iterations; 0 disables."""
     backbone: Backbone = "caffe"

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="random seed (reproducible runs on the CPU)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=_DEFAULTS.steps, help="most iterations at the final scale (coarser scales get a quarter)")
+    g.add_argument("--steps", type=int, default=_DEFAULTS.steps,
+                   help="most iterations at the final scale (coarser scales get a quarter)")
     g.add_argument("--scales", type=int, help="coarse-to-fine scales (default: 1-4 by size, coarsest >= 64 px)")
     g.add_argument("--early-stop", type=float, default=_DEFAULTS.early_stop,
                    help="stop a scale when the loss improves by less than this fraction in 10 iterations; 0 = off")

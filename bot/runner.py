@@ -119,6 +119,7 @@ class JobRunner:
         self.bot = bot
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled_by: dict[str, str] = {}
+        self._started: set[str] = set()
         self._delivering: set[str] = set()
         self._io: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -169,14 +170,20 @@ class JobRunner:
         if task is None or job.id in self._delivering or job.finished:
             return False
         self._cancelled_by[job.id] = by
-        task.cancel()
+        # A task cancelled before its first step never enters _run's try block (nothing would answer
+        # the user); one that has not started yet sees the flag when it does.
+        if job.id in self._started:
+            task.cancel()
         return True
 
     # -- one job ------------------------------------------------------------------------------------------------
 
     async def _run(self, job: JobRecord) -> None:
+        self._started.add(job.id)
         status = StatusMessage(self, job)
         try:
+            if job.id in self._cancelled_by:
+                raise asyncio.CancelledError  # the Cancel button came before this task's first step
             ahead = self.bot.scheduler.ahead_of(job.id)
             if ahead:
                 await status.show(render.waiting_own_text(status.mention, job.id, ahead), force=True)
@@ -198,6 +205,7 @@ class JobRunner:
                 self.bot.scheduler.release(job.id)
             self._tasks.pop(job.id, None)
             self._cancelled_by.pop(job.id, None)
+            self._started.discard(job.id)
             self._delivering.discard(job.id)
 
     async def _drive(self, status: StatusMessage) -> None:

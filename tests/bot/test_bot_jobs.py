@@ -286,3 +286,29 @@ async def test_cancel_while_a_status_edit_is_held_by_a_429(harness, engine, disc
         engine.fake.release.set()
         await final_of(double, first.message_id, timeout=5)
     assert "cancelled" in final2["content"]
+
+
+async def test_cancel_before_the_job_task_takes_its_first_step(harness, engine, discord_double: DiscordDouble):
+    # Under load the Cancel button can be handled before the job's task has run at all; a task
+    # cancelled then never entered its try block and the job hung, unanswered.
+    double = discord_double
+    async with harness.run(engine) as bot:
+        spawn = bot.runner.spawn
+        answered: list[bool] = []
+
+        def spawn_then_cancel(job):
+            spawn(job)
+            coro = bot.runner.cancel(job, "alice")  # no await inside: run it to the end right here
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                answered.append(done.value)
+
+        bot.runner.spawn = spawn_then_cancel
+        await double.post_message("!stylize", attachments=TWO)
+        status = await double.wait_for("message_create")
+        final = await final_of(double, status.message_id)
+        await settled(bot, job_id_of(status.content))
+    assert answered == [True]
+    assert "cancelled" in final["content"]
+    assert engine.fake.calls == []  # it never reached the engine

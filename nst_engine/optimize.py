@@ -289,7 +289,6 @@ class Stylizer:
         clock = _Clock(sizes, caps)
         timings: dict[str, float] = {"setup": 0.0}
         x: torch.Tensor | None = None
-        losses: dict[str, float] = {}
         iterations = evaluations = 0
 
         for index, size in enumerate(sizes):
@@ -311,15 +310,11 @@ class Stylizer:
                 # Bound now: a callback may keep a Progress and ask for its preview after this scale.
                 return to_image(self._finish(image, scale.content_rgb, luminance_only, fit_long_side(*size, max_side)))
 
-            x, done, evals = self._optimize(
+            x, losses, done, evals = self._optimize(
                 x, evaluate, params, caps[index], index, len(sizes), size, clock, render, callback, cancel)
             iterations += done
             evaluations += evals
             timings[f"scale{index}"] = time.perf_counter() - t_scale
-            if index == len(sizes) - 1:
-                with torch.no_grad():
-                    total, parts = evaluate(x)
-                losses = {"total": total.item(), **{k: v.item() for k, v in parts.items()}}
 
         assert x is not None
         image = to_image(self._finish(x, scale.content_rgb, luminance_only, sizes[-1]))
@@ -350,7 +345,9 @@ class Stylizer:
         return x.contiguous()
 
     @staticmethod
-    def _finish(x: torch.Tensor, content_rgb: torch.Tensor, luminance_only: bool, size: tuple[int, int]) -> torch.Tensor:
+    def _finish(
+        x: torch.Tensor, content_rgb: torch.Tensor, luminance_only: bool, size: tuple[int, int]
+    ) -> torch.Tensor:
         x = x.detach()
         if luminance_only:
             x = with_content_chroma(grey_rgb(x), content_rgb)
@@ -369,8 +366,8 @@ class Stylizer:
         render: Callable[[int, torch.Tensor], Image.Image],
         callback: ProgressCallback | None,
         cancel: threading.Event | None,
-    ) -> tuple[torch.Tensor, int, int]:
-        """Optimise one scale; returns the best evaluated image (in range), iterations and evaluations.
+    ) -> tuple[torch.Tensor, dict[str, float], int, int]:
+        """Optimise one scale; returns the best evaluated image (in range), its losses, iterations, evaluations.
 
         L-BFGS runs with a strong-Wolfe line search: without one it diverged on the course-normalised
         cost (equal layer weights) within two iterations. Its first iteration is a step() of its own
@@ -456,7 +453,8 @@ class Stylizer:
         except _Diverged:
             log.warning("non-finite loss at scale %d after %d iterations; keeping the best image", index, len(history))
         clock.finish_scale(index, len(history))
-        return best["x"].clamp(0, 255), len(history), best["evals"]
+        losses = {"total": best["loss"], **{k: v.item() for k, v in best["parts"].items()}}
+        return best["x"].clamp(0, 255), losses, len(history), best["evals"]
 
 
 class _Converged(Exception):

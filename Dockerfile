@@ -76,7 +76,7 @@ RUN pip install --requirement /app/constraints.txt
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-deps /wheels/*.whl \
  && rm -rf /wheels \
- && python -c "from nst_engine.vgg import load_caffe_weights; w = load_caffe_weights(); assert len(w) == 16, len(w); print('VGG19 weights: %d conv layers' % len(w))"
+ && python -c "from nst_engine.core.vgg import load_caffe_weights; w = load_caffe_weights(); assert len(w) == 16, len(w); print('VGG19 weights: %d conv layers' % len(w))"
 
 # The default presets (public-domain paintings), downloaded and verified at build time into /presets
 # (a volume in compose.yaml: a new named volume starts with these files). A copy stays in /app/presets.

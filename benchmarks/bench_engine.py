@@ -41,10 +41,10 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from nst_engine.optimize import Cancelled, Progress, Stylizer  # noqa: E402
-from nst_engine.params import CONTENT_LAYER, STYLE_LAYERS, EngineOptions, StyleParams  # noqa: E402
-from nst_engine.pixels import fit_area, fit_long_side, resize_image  # noqa: E402
-from nst_engine.vgg import VGG19Features, build_vgg19, load_caffe_weights  # noqa: E402
+from nst_engine.core.optimize import Cancelled, Progress, Stylizer  # noqa: E402
+from nst_engine.core.params import CONTENT_LAYER, STYLE_LAYERS, EngineOptions, StyleParams  # noqa: E402
+from nst_engine.core.pixels import fit_area, fit_long_side, resize_image  # noqa: E402
+from nst_engine.core.vgg import VGG19Features, build_vgg19, load_caffe_weights  # noqa: E402
 
 log = logging.getLogger("bench_engine")
 
@@ -185,7 +185,7 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
 def generated_content(size: int = 512) -> Image.Image:
     """A 4:3 'photo': a sky gradient, a sun, hills and a house; smooth areas and sharp edges."""
     try:
-        from nst_engine import procedural
+        from nst_engine.images import procedural
 
         if hasattr(procedural, "sample_content"):
             return procedural.sample_content(size).convert("RGB")
@@ -207,9 +207,9 @@ def generated_content(size: int = 512) -> Image.Image:
 
 
 def generated_style(size: int = 512) -> Image.Image:
-    """A procedural style from nst_engine.procedural when available, else coloured diagonal stripes."""
+    """A procedural style from nst_engine.images.procedural when available, else coloured diagonal stripes."""
     try:
-        from nst_engine import procedural
+        from nst_engine.images import procedural
 
         name = "brushstrokes" if "brushstrokes" in procedural.NAMES else procedural.NAMES[0]
         return procedural.generate(name, size).convert("RGB")

@@ -32,11 +32,11 @@ import numpy as np  # noqa: E402
 from aiohttp import web  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from nst_engine.app import create_app  # noqa: E402
-from nst_engine.keys import WORKERS_KEY  # noqa: E402
-from nst_engine.optimize import Cancelled, Progress, StyleResult  # noqa: E402
-from nst_engine.pixels import fit_long_side  # noqa: E402
-from nst_engine.settings import EngineSettings  # noqa: E402
+from nst_engine.core.optimize import Cancelled, Progress, StyleResult  # noqa: E402
+from nst_engine.core.pixels import fit_long_side  # noqa: E402
+from nst_engine.service.app import create_app  # noqa: E402
+from nst_engine.service.keys import WORKERS_KEY  # noqa: E402
+from nst_engine.service.settings import EngineSettings  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return samples_main(rest)
     if command == "serve":
-        from .serve import main as serve_main
+        from .service.serve import main as serve_main
 
         return serve_main(rest)
     if command == "fetch-presets":

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import procedural
-from .params import STYLE_LAYERS, EngineOptions, ParamError, StyleParams
+from .core.params import STYLE_LAYERS, EngineOptions, ParamError, StyleParams
+from .images import procedural
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def params_from_args(args: argparse.Namespace) -> StyleParams:
 
 
 def _load(path: str, what: str):
-    from .imaging import ImageError, read_image_file
+    from .images.codec import ImageError, read_image_file
 
     try:
         return read_image_file(path)
@@ -150,10 +150,10 @@ class _Bar:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from .devices import DeviceUnavailable
-    from .imaging import ImageError, encode_image
-    from .optimize import Stylizer
-    from .vgg import BackboneUnavailable
+    from .core.devices import DeviceUnavailable
+    from .core.optimize import Stylizer
+    from .core.vgg import BackboneUnavailable
+    from .images.codec import ImageError, encode_image
 
     fmt = _output_format(args.output)
     try:

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .imaging import DEFAULT_MAX_BYTES, ImageError, decode_image
-from .presets import EXTENSIONS, NAME_RE, NAME_RULE
-from .settings import EngineSettings, SettingsError
+from .images.codec import DEFAULT_MAX_BYTES, ImageError, decode_image
+from .images.presets import EXTENSIONS, NAME_RE, NAME_RULE
+from .service.settings import EngineSettings, SettingsError
 
 PROG = "python -m nst_engine fetch-presets"
 DEFAULT_MANIFEST = Path("presets/manifest.json")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from nst_engine.optimize import Stylizer
-from nst_engine.params import EngineOptions
+from nst_engine.core.optimize import Stylizer
+from nst_engine.core.params import EngineOptions
 
 pytest_plugins = ["devtools.discord_double.pytest_plugin"]
 

@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bot.settings import BotSettings, SettingsError
-from nst_engine.settings import EngineSettings
+from nst_engine.service.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("bot", "nst_engine")

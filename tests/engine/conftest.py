@@ -158,8 +158,8 @@ def samples() -> Samples:
 
 @pytest.fixture
 def procedural():
-    """The generators behind the builtin presets (nst_engine.procedural: NAMES, generate)."""
-    from nst_engine import procedural
+    """The generators behind the builtin presets (nst_engine.images.procedural: NAMES, generate)."""
+    from nst_engine.images import procedural
 
     return procedural
 
@@ -214,8 +214,8 @@ class FakeStylizer:
 
         import torch
 
-        from nst_engine.optimize import Cancelled, Progress, StyleResult
-        from nst_engine.pixels import fit_long_side
+        from nst_engine.core.optimize import Cancelled, Progress, StyleResult
+        from nst_engine.core.pixels import fit_long_side
 
         c = self.controls
         c.calls.append({"size": params.size, "steps": params.steps, "style_keys": list(style_keys or []),
@@ -307,7 +307,7 @@ class Engine:
         """Events of a job held by the fake (`controls.hold`): released once the watcher is attached."""
         import asyncio
 
-        from nst_engine.keys import JOBS_KEY
+        from nst_engine.service.keys import JOBS_KEY
 
         task = asyncio.create_task(self.events(job_id, preview))
         job = self.app[JOBS_KEY].get(job_id)
@@ -328,7 +328,7 @@ class Engine:
         raise AssertionError("condition not reached in time")
 
     def job(self, job_id: str):
-        from nst_engine.keys import JOBS_KEY
+        from nst_engine.service.keys import JOBS_KEY
 
         return self.app[JOBS_KEY].get(job_id)
 
@@ -375,8 +375,8 @@ async def start_engine(engine_settings):
     """`await start_engine(fake=True, **settings)` -> Engine; everything started is closed afterwards."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from nst_engine.app import create_app
-    from nst_engine.settings import EngineSettings
+    from nst_engine.service.app import create_app
+    from nst_engine.service.settings import EngineSettings
 
     started: list[TestClient] = []
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_engine import procedural
 from nst_engine.__main__ import main
 from nst_engine.cli import build_parser, params_from_args
+from nst_engine.images import procedural
 
 TINY = ["--size", "32", "--steps", "2", "--seed", "0"]
 

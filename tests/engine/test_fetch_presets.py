@@ -23,7 +23,7 @@ from PIL import Image
 from nst_engine import fetch_presets
 from nst_engine.__main__ import main as engine_main
 from nst_engine.fetch_presets import FetchError, ManifestError, PresetSource, fetch_one, parse_manifest
-from nst_engine.presets import PresetLibrary
+from nst_engine.images.presets import PresetLibrary
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""nst_engine.presets: a directory of style images plus generated builtins."""
+"""nst_engine.images.presets: a directory of style images plus generated builtins."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,8 @@ import time
 import pytest
 from PIL import Image
 
-from nst_engine.imaging import ImageError
-from nst_engine.presets import (
+from nst_engine.images.codec import ImageError
+from nst_engine.images.presets import (
     BuiltinPreset,
     InvalidPresetName,
     PresetExists,

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
 # (block, convs per block) of VGG19; every conv is followed by a ReLU, every block by a pool.
 _BLOCKS = ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
 

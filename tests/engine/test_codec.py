@@ -1,4 +1,4 @@
-"""nst_engine.imaging: safe decode of awkward files and budget-fitting encode."""
+"""nst_engine.images.codec: safe decode of awkward files and budget-fitting encode."""
 from __future__ import annotations
 
 import io
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_engine import imaging
-from nst_engine.imaging import DecodedImage, ImageError, decode_image, encode_image, read_image_file
+from nst_engine.images import codec
+from nst_engine.images.codec import DecodedImage, ImageError, decode_image, encode_image, read_image_file
 
 
 def _pixels(im: Image.Image) -> np.ndarray:
@@ -192,8 +192,8 @@ def test_read_image_file_limits(samples, tmp_path):
 
 
 def test_limits_are_documented_constants():
-    assert imaging.DEFAULT_MAX_BYTES == 25 * 1024 * 1024
-    assert imaging.DEFAULT_MAX_PIXELS == 40_000_000
+    assert codec.DEFAULT_MAX_BYTES == 25 * 1024 * 1024
+    assert codec.DEFAULT_MAX_PIXELS == 40_000_000
 
 
 # --- encode ---------------------------------------------------------------------------------------------
@@ -296,5 +296,5 @@ def test_mpo_camera_jpeg_is_a_jpeg(samples):
 
 def test_shrink_to():
     im = Image.new("RGB", (400, 100))
-    assert imaging.shrink_to(im, 500) is im
-    assert imaging.shrink_to(im, 200).size == (200, 50)
+    assert codec.shrink_to(im, 500) is im
+    assert codec.shrink_to(im, 200).size == (200, 50)

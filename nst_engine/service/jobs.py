@@ -20,8 +20,8 @@ from typing import Any
 
 from PIL import Image
 
-from .imaging import EncodedImage
-from .params import StyleParams
+from ..core.params import StyleParams
+from ..images.codec import EncodedImage
 
 log = logging.getLogger(__name__)
 

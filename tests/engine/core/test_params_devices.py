@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from nst_engine.devices import DeviceUnavailable, configure_tf32, resolve_device
-from nst_engine.params import BASE_STYLE_RATIO, ParamError, StyleParams, style_ratio
-from nst_engine.pixels import fit_area, fit_long_side
-from nst_engine.optimize import scale_sizes
+from nst_engine.core.devices import DeviceUnavailable, configure_tf32, resolve_device
+from nst_engine.core.params import BASE_STYLE_RATIO, ParamError, StyleParams, style_ratio
+from nst_engine.core.pixels import fit_area, fit_long_side
+from nst_engine.core.schedule import scale_sizes
 
 
 def test_strength_maps_to_beta_over_alpha():

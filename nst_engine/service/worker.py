@@ -22,11 +22,11 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from .imaging import EncodedImage, ImageError, encode_image
+from ..core.optimize import Cancelled, Progress, StyleResult
+from ..core.params import EngineOptions, ParamError, StyleParams
+from ..images.codec import EncodedImage, ImageError, encode_image
 from .jobs import Job, JobInputs, JobState
 from .metrics import EngineMetrics
-from .optimize import Cancelled, Progress, StyleResult
-from .params import EngineOptions, ParamError, StyleParams
 from .queue import FairQueue
 from .settings import EngineSettings
 
@@ -64,14 +64,14 @@ StylizerFactory = Callable[[EngineOptions], StylizerLike]
 
 
 def default_stylizer_factory(options: EngineOptions) -> StylizerLike:
-    from .optimize import Stylizer
+    from ..core.optimize import Stylizer
 
     return Stylizer(options)
 
 
 def worker_devices(spec: str) -> list[str]:
     """ENGINE_DEVICE -> one device string per worker. Raises DeviceUnavailable for devices not here."""
-    from .devices import DeviceUnavailable, resolve_device
+    from ..core.devices import DeviceUnavailable, resolve_device
 
     spec = spec.strip().lower()
     if spec == "auto":

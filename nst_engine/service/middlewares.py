@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .imaging import ImageError
+from ..core.params import ParamError
+from ..images.codec import ImageError
+from ..images.presets import PresetError
 from .jobs import JobNotFound
 from .keys import METRICS_KEY, SETTINGS_KEY
-from .params import ParamError
-from .presets import PresetError
 
 log = logging.getLogger(__name__)
 

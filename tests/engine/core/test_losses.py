@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nst_engine.losses import (
+from nst_engine.core.losses import (
     blend_grams,
     content_cost,
     gram_matrix,

@@ -6,8 +6,8 @@ import collections
 
 import pytest
 
-from nst_engine.keys import JOBS_KEY, QUEUE_KEY, WORKERS_KEY
-from nst_engine.params import ParamError
+from nst_engine.core.params import ParamError
+from nst_engine.service.keys import JOBS_KEY, QUEUE_KEY, WORKERS_KEY
 
 pytestmark = pytest.mark.asyncio
 
@@ -237,8 +237,8 @@ async def test_intake_stops_at_shutdown(start_engine, samples):
     closing = asyncio.create_task(engine.client.server.close())
     await engine.wait_for(lambda: engine.app[QUEUE_KEY].closed)
     # The listener is gone, but the app refuses work even from a connection that is still open.
-    from nst_engine.handlers import _check_intake
-    from nst_engine.middlewares import ApiError
+    from nst_engine.service.handlers import _check_intake
+    from nst_engine.service.middlewares import ApiError
 
     with pytest.raises(ApiError) as err:
         _check_intake(engine.app, "x")

@@ -5,9 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from ..images.presets import PresetLibrary
 from .jobs import Job, JobStore
 from .metrics import EngineMetrics
-from .presets import PresetLibrary
 from .queue import FairQueue
 from .settings import EngineSettings
 from .worker import StylizerFactory, Worker

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_engine.colour import rgb_to_yiq
-from nst_engine.optimize import Cancelled, Stylizer
-from nst_engine.params import EngineOptions, ParamError, StyleParams
-from nst_engine.pixels import to_tensor
+from nst_engine.core.colour import rgb_to_yiq
+from nst_engine.core.optimize import Cancelled, Stylizer
+from nst_engine.core.params import EngineOptions, ParamError, StyleParams
+from nst_engine.core.pixels import to_tensor
 
 FAST = dict(size=40, steps=6, seed=1, early_stop=0)
 
@@ -189,7 +189,7 @@ def test_style_scale_changes_the_targets(stylizer, content_image, style_image):
 
 
 def test_tv_weight_smooths_the_output(stylizer, content_image, style_image):
-    from nst_engine.losses import tv_cost
+    from nst_engine.core.losses import tv_cost
 
     rough, _ = run(stylizer, content_image, style_image, steps=10)
     smooth, _ = run(stylizer, content_image, style_image, steps=10, tv_weight=1000.0)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .settings import EngineSettings, SettingsError
 
-log = logging.getLogger("nst_engine.serve")
+log = logging.getLogger("nst_engine.service.serve")
 
 # After the shutdown hook has drained the jobs, open requests get this long before connections close.
 HTTP_SHUTDOWN_TIMEOUT = 10.0
@@ -58,8 +58,8 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Deferred: importing the app pulls in torch, which `serve --help` and bad settings should not wait for.
+    from ..core.devices import DeviceUnavailable
     from .app import create_app
-    from .devices import DeviceUnavailable
     from .worker import worker_devices
 
     try:

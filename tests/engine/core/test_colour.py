@@ -1,7 +1,7 @@
 """Colour preservation maths."""
 import torch
 
-from nst_engine.colour import luminance, match_colors, match_luminance, rgb_to_yiq, with_content_chroma, yiq_to_rgb
+from nst_engine.core.colour import luminance, match_colors, match_luminance, rgb_to_yiq, with_content_chroma, yiq_to_rgb
 
 
 def test_yiq_round_trip_and_luminance_weights():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_engine.keys import JOBS_KEY, WORKERS_KEY
+from nst_engine.service.keys import JOBS_KEY, WORKERS_KEY
 
 pytestmark = pytest.mark.asyncio
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nst_engine import serve
-from nst_engine.settings import EngineSettings, SettingsError, is_loopback, parse_bool
+from nst_engine.service import serve
+from nst_engine.service.settings import EngineSettings, SettingsError, is_loopback, parse_bool
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -112,8 +112,8 @@ def test_serve_reports_missing_device(monkeypatch, capsys):
 
 
 def test_worker_devices():
-    from nst_engine.devices import DeviceUnavailable
-    from nst_engine.worker import worker_devices
+    from nst_engine.core.devices import DeviceUnavailable
+    from nst_engine.service.worker import worker_devices
 
     assert worker_devices("cpu") == ["cpu"]
     assert len(worker_devices("auto")) >= 1

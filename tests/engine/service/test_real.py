@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_engine.keys import WORKERS_KEY
+from nst_engine.service.keys import WORKERS_KEY
 
 pytestmark = pytest.mark.asyncio
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 async def _ready(engine) -> None:

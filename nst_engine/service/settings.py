@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from .params import StyleParams
+from ..core.params import StyleParams
+from ..images.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 T = TypeVar("T")
 

@@ -1,9 +1,7 @@
 """Choosing and configuring the torch device."""
 from __future__ import annotations
 
-
 import torch
-
 
 
 class DeviceUnavailable(RuntimeError):

@@ -1,4 +1,4 @@
-"""nst_engine.queue.FairQueue on its own: order, caps, positions (no HTTP, no torch)."""
+"""nst_engine.service.queue.FairQueue on its own: order, caps, positions (no HTTP, no torch)."""
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from nst_engine.queue import FairQueue, QueueClosed, QueueFull, RequesterLimit
+from nst_engine.service.queue import FairQueue, QueueClosed, QueueFull, RequesterLimit
 
 
 @dataclass(eq=False)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from ..images.presets import PresetLibrary
 from .handlers import readiness
 from .jobs import Job, JobState, JobStore
 from .keys import (
@@ -28,7 +29,6 @@ from .keys import (
 )
 from .metrics import EngineMetrics
 from .middlewares import auth_middleware, error_middleware
-from .presets import PresetLibrary
 from .queue import FairQueue
 from .routes import setup_routes
 from .settings import EngineSettings

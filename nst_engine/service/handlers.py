@@ -16,7 +16,10 @@ from typing import Any, TypeVar
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .imaging import DecodedImage, decode_image, encode_image, normalize_format, shrink_to
+from ..core.params import StyleParams
+from ..core.schedule import scale_sizes
+from ..images.codec import DecodedImage, decode_image, encode_image, normalize_format, shrink_to
+from ..images.presets import UnknownPreset
 from .jobs import TERMINAL, Job, JobInputs, JobState
 from .keys import (
     IMAGE_EXECUTOR_KEY,
@@ -29,9 +32,6 @@ from .keys import (
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .middlewares import ApiError
-from .optimize import scale_sizes
-from .params import StyleParams
-from .presets import UnknownPreset
 from .queue import QueueClosed, QueueFull, RequesterLimit
 from .settings import DEFAULT_BYTE_BUDGET, EngineSettings, parse_bool
 

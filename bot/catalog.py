@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .engine_client import EngineClient
+from .engine.http import EngineClient
 from .errors import EngineError, UnknownPreset
 from .journal import Journal
 from .options import normalize_preset_name

@@ -19,9 +19,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from .catalog import PresetCatalog
-from .engine_client import EngineClient
+from .engine.http import EngineClient
 from .errors import LimitReached, UserFacingError
-from .journal import GuildConfig, Journal
+from .jobs import GuildConfig
+from .journal import Journal
 from .options import usage
 from .runner import JobRunner
 from .scheduler import Limits, Scheduler

@@ -1,4 +1,4 @@
-"""The bot's SQLite store: the job journal, per-guild settings and presets, remembered styles.
+"""The bot's SQLite store (persistence only; the models are in jobs.py): the job journal, per-guild settings and presets, remembered styles.
 
 Every accepted job is written here (with its input images) before the user is told it is queued, so a
 restarted bot finds it again. One connection, used only from one dedicated thread: the event loop never
@@ -7,23 +7,20 @@ waits on disk.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .jobs import FINAL_STATES, GuildConfig, JobParams, JobRecord, JobState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Job states as the bot sees them. `pending`: accepted, not (or no longer) at an engine; `submitted`: an
-# engine holds it (engine_url/engine_job_id); the rest are final.
-PENDING, SUBMITTED, DONE, FAILED, CANCELLED = "pending", "submitted", "done", "failed", "cancelled"
-FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
 # The images of finished jobs are kept this long for the result buttons (Again, Stronger...), then
 # deleted, so the database does not grow with every picture ever posted.
 INPUT_RETENTION_SECONDS = 7 * 24 * 3600
@@ -73,80 +70,6 @@ CREATE TABLE IF NOT EXISTS user_styles (
     saved_at REAL NOT NULL
 );
 """
-
-
-@dataclass(frozen=True)
-class JobParams:
-    """What the user asked for, in the bot's terms (strength is a level name, see render.STRENGTHS)."""
-
-    size: int
-    strength: str = "balanced"
-    preserve_colors: bool = False
-    seed: int | None = None
-    preset: str | None = None
-    """A global (engine) preset; guild presets travel as the style image."""
-    style_label: str | None = None
-    """What the style was, for the result text ('preset mosaic', 'your image', ...)."""
-    steps: int | None = None
-
-    def to_json(self) -> str:
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
-
-    @classmethod
-    def from_json(cls, raw: str) -> JobParams:
-        data = json.loads(raw)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    guild_id: int | None
-    channel_id: int
-    user_id: int
-    params: JobParams
-    content_name: str
-    style_name: str | None = None
-    reply_to: int | None = None
-    status_message_id: int | None = None
-    state: str = PENDING
-    engine_url: str | None = None
-    engine_job_id: str | None = None
-    parent_id: str | None = None
-    attempts: int = 0
-    error: str | None = None
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-@dataclass(frozen=True)
-class GuildConfig:
-    """Per-guild overrides; None means 'the bot's default'."""
-
-    max_queued_per_user: int | None = None
-    user_cooldown_seconds: float | None = None
-    guild_queue_cap: int | None = None
-    max_size: int | None = None
-    allowed_channels: tuple[int, ...] = ()
-    """Empty: every channel."""
-
-    def to_json(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["allowed_channels"] = list(self.allowed_channels)
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, raw: str) -> GuildConfig:
-        data = json.loads(raw)
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        data["allowed_channels"] = tuple(data.get("allowed_channels", ()))
-        return cls(**data)
 
 
 class Journal:
@@ -240,7 +163,7 @@ class Journal:
 
     async def unfinished_jobs(self) -> list[JobRecord]:
         rows = await self._run(lambda: self._db().execute(
-            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY created_at", (PENDING, SUBMITTED)).fetchall())
+            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY created_at", (JobState.PENDING, JobState.SUBMITTED)).fetchall())
         return [_job_of(r) for r in rows]
 
     # -- guild settings ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .journal import JobParams
+from .jobs import JobParams
 
 # Strength in words. The engine's dial is 0-10 and each step doubles the style's weight; these are the
 # stops users pick from (Stronger/Weaker move one stop).

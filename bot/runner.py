@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import discord
 
 from . import render
-from .engine_client import JobSpec
+from .engine.http import JobSpec
 from .errors import EngineBusy, EngineError, EngineUnavailable, JobLost
-from .journal import CANCELLED, DONE, FAILED, PENDING, SUBMITTED, JobRecord
+from .jobs import JobRecord, JobState
 from .views import result_view, running_view
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class JobRunner:
             await self._finish_cancelled(status)
         except Exception:
             log.exception("job %s failed in the bot", job.id)
-            await self._finish(status, FAILED, render.failed_text(status.mention, job.id, GENERIC_FAILURE),
+            await self._finish(status, JobState.FAILED, render.failed_text(status.mention, job.id, GENERIC_FAILURE),
                                error="internal error")
         finally:
             if not self._closing:
@@ -225,11 +225,11 @@ class JobRunner:
                     await asyncio.sleep(max(backoff.next(), min(exc.retry_after or 0, backoff.cap)))
                     continue
                 except EngineError as exc:
-                    await self._finish(status, FAILED, render.failed_text(status.mention, job.id, exc.message),
+                    await self._finish(status, JobState.FAILED, render.failed_text(status.mention, job.id, exc.message),
                                        error=exc.code)
                     return
                 status.job = await self.bot.journal.update_job(
-                    job, state=SUBMITTED, engine_url=submitted.engine, engine_job_id=submitted.job_id,
+                    job, state=JobState.SUBMITTED, engine_url=submitted.engine, engine_job_id=submitted.job_id,
                     attempts=job.attempts + 1)
                 backoff.reset()
                 unreachable = 0
@@ -238,13 +238,13 @@ class JobRunner:
                 final = await self._follow(status)
             except JobLost:
                 log.info("engine lost job %s (%s); resubmitting", job.id, job.engine_job_id)
-                status.job = await self.bot.journal.update_job(job, state=PENDING, engine_url=None, engine_job_id=None)
+                status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None, engine_job_id=None)
                 continue
             except EngineUnavailable as exc:
                 unreachable += 1
                 log.info("engine unreachable for job %s: %s", job.id, exc.detail)
                 if unreachable >= FAILOVER_AFTER and len(self.bot.engine.urls) > 1:
-                    status.job = await self.bot.journal.update_job(job, state=PENDING, engine_url=None,
+                    status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None,
                                                                    engine_job_id=None)
                     unreachable = 0
                     continue
@@ -292,13 +292,13 @@ class JobRunner:
             return True
         if kind == "expired" or (kind == "cancelled" and error.get("code") == "engine_shutdown"):
             log.info("job %s ended %s at the engine (%s); resubmitting", job.id, kind, error.get("code"))
-            status.job = await self.bot.journal.update_job(job, state=PENDING, engine_url=None, engine_job_id=None)
+            status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None, engine_job_id=None)
             return False
         if kind == "cancelled":
             await self._finish_cancelled(status)
             return True
         message = error.get("message") or ("it took too long." if kind == "timed_out" else GENERIC_FAILURE)
-        await self._finish(status, FAILED, render.failed_text(status.mention, job.id, message),
+        await self._finish(status, JobState.FAILED, render.failed_text(status.mention, job.id, message),
                            error=error.get("code", kind))
         return True
 
@@ -311,7 +311,7 @@ class JobRunner:
         except EngineError as exc:
             if exc.status in (404, 409, 410):  # forgotten or expired meanwhile: run it again
                 self._delivering.discard(job.id)
-                status.job = await self.bot.journal.update_job(job, state=PENDING, engine_url=None,
+                status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None,
                                                                engine_job_id=None)
                 raise JobLost(job.engine_job_id) from None
             raise
@@ -331,7 +331,7 @@ class JobRunner:
                     log.info("job %s: the result was too large for the channel; trying %d bytes", job.id, limit)
                     continue
                 raise
-        status.job = await self.bot.journal.update_job(status.job, state=DONE, error=None)
+        status.job = await self.bot.journal.update_job(status.job, state=JobState.DONE, error=None)
         log.info("job %s done (%d bytes)", job.id, len(payload))
 
     async def _finish(self, status: StatusMessage, state: str, text: str, *, error: str | None = None) -> None:
@@ -346,7 +346,7 @@ class JobRunner:
                 await self.bot.engine.cancel(job.engine_url, job.engine_job_id)
             except EngineError as exc:
                 log.info("could not cancel engine job %s: %s", job.engine_job_id, exc.code)
-        await self._finish(status, CANCELLED, render.cancelled_text(status.mention, job.id, by), error="cancelled")
+        await self._finish(status, JobState.CANCELLED, render.cancelled_text(status.mention, job.id, by), error="cancelled")
 
     # -- helpers ---------------------------------------------------------------------------------------------
 

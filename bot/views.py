@@ -12,7 +12,7 @@ from typing import Any
 import discord
 
 from . import render
-from .journal import JobRecord
+from .jobs import JobRecord
 
 log = logging.getLogger(__name__)
 

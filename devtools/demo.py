@@ -21,8 +21,8 @@ from devtools.discord_double import DiscordDouble, pointed_at, running  # before
 import aiohttp  # noqa: E402
 
 from bot.client import StyleBot  # noqa: E402
-from bot.engine_client import EngineClient  # noqa: E402
-from bot.engine_process import EmbeddedEngine  # noqa: E402
+from bot.engine.http import EngineClient  # noqa: E402
+from bot.engine.process import EmbeddedEngine  # noqa: E402
 from bot.journal import Journal  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
 

@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..errors import UsageError
-from ..journal import GuildConfig
+from ..jobs import GuildConfig
 
 if TYPE_CHECKING:
     from ..client import StyleBot

@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from .. import attachments, render
 from ..errors import BadAttachment, NotAllowed, UsageError, UserFacingError
-from ..journal import JobParams, JobRecord
+from ..jobs import JobParams, JobRecord
 from ..options import StyleOptions, parse_options, usage
 from ..views import running_view
 

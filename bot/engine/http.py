@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from .errors import EngineBusy, EngineError, EngineUnavailable, JobLost
+from ..errors import EngineBusy, EngineError, EngineUnavailable, JobLost
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import aiohttp  # isort: skip
 from aiohttp.test_utils import TestServer  # isort: skip
 
 from bot.client import StyleBot  # isort: skip
-from bot.engine_client import EngineClient  # isort: skip
+from bot.engine.http import EngineClient  # isort: skip
 from bot.journal import Journal  # isort: skip
 from bot.settings import BotSettings  # isort: skip
 
@@ -82,8 +82,8 @@ class FakeStylizer:
         pass
 
     def stylize(self, content, styles, params=None, *, style_keys=None, init_image=None, callback=None, cancel=None):
-        from nst_engine.optimize import Cancelled, Progress, StyleResult
-        from nst_engine.pixels import fit_long_side
+        from nst_engine.core.optimize import Cancelled, Progress, StyleResult
+        from nst_engine.core.pixels import fit_long_side
 
         c = self.controls
         c.calls.append({"size": params.size, "steps": params.steps, "strength": params.strength,
@@ -132,8 +132,8 @@ class Engine:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> Engine:
-        from nst_engine.app import create_app
-        from nst_engine.settings import EngineSettings
+        from nst_engine.service.app import create_app
+        from nst_engine.service.settings import EngineSettings
 
         settings = EngineSettings(**{
             "token": ENGINE_TOKEN, "device": "cpu", "presets_dir": self.tmp_path / "engine-presets",
@@ -160,7 +160,7 @@ class Engine:
             await server.close()
 
     def job(self, job_id: str) -> Any:
-        from nst_engine.keys import JOBS_KEY
+        from nst_engine.service.keys import JOBS_KEY
 
         return self.app[JOBS_KEY].get(job_id)
 

@@ -138,7 +138,7 @@ async def test_cooldown(harness, engine, discord_double: DiscordDouble):
 async def test_engine_down_then_up(harness, engine_factory, discord_double: DiscordDouble):
     double = discord_double
     engine = await engine_factory(start=False)
-    from bot.engine_process import free_port
+    from bot.engine.process import free_port
 
     engine.port = free_port()
     async with harness.run(engine.url):
@@ -190,7 +190,7 @@ async def test_bot_restarted_mid_job_still_answers(harness, engine, discord_doub
 
 async def test_bot_restarted_before_submitting_resubmits(harness, engine_factory, discord_double: DiscordDouble):
     double = discord_double
-    from bot.engine_process import free_port
+    from bot.engine.process import free_port
 
     engine = await engine_factory(start=False)
     engine.port = free_port()
@@ -220,7 +220,7 @@ async def test_a_429_from_discord_while_editing_progress(harness, engine, discor
 
 async def test_several_engines_go_to_the_healthy_one(harness, engine_factory, discord_double: DiscordDouble):
     double = discord_double
-    from bot.engine_process import free_port
+    from bot.engine.process import free_port
 
     healthy = await engine_factory()
     down = f"http://127.0.0.1:{free_port()}"

@@ -12,7 +12,7 @@ import devtools.discord_double  # noqa: F401  # isort: skip  (before discord: au
 import aiohttp  # isort: skip
 from aiohttp import web  # isort: skip
 
-from bot.engine_client import EngineClient, JobSpec  # isort: skip
+from bot.engine.http import EngineClient, JobSpec  # isort: skip
 from bot.errors import EngineBusy, EngineError, EngineUnavailable  # isort: skip
 from bot.settings import VARIABLES, BotSettings, SettingsError, environment, read_env_file  # isort: skip
 
@@ -55,7 +55,7 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path):
 def test_every_variable_is_documented():
     from pathlib import Path
 
-    doc = Path(__file__).parents[2] / "docs" / "bot.md"
+    doc = Path(__file__).parents[3] / "docs" / "bot.md"
     text = doc.read_text()
     for name in VARIABLES:
         assert f"`{name}`" in text, name
@@ -126,7 +126,7 @@ async def test_engine_client_retries_5xx_and_429_then_gives_up():
 
 @pytest.mark.asyncio
 async def test_embedded_engine_starts_on_loopback_with_a_token_and_stops(tmp_path):
-    from bot.engine_process import EmbeddedEngine
+    from bot.engine.process import EmbeddedEngine
 
     env = {"PATH": "/usr/bin:/bin", "ENGINE_DEVICE": "cpu", "ENGINE_PRESETS_DIR": str(tmp_path / "presets"),
            "ENGINE_LOG_LEVEL": "WARNING", "ENGINE_WARM_UP": "false", "PYTHONPATH": str(sys.path[0])}

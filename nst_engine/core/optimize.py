@@ -148,10 +148,11 @@ class Stylizer:
     # -- model -------------------------------------------------------------------------------
     def _model(self, params: StyleParams) -> nn.Module:
         layers = (params.content_layer, *params.style_layers)
-        key = (params.backbone, params.pooling, layers)
+        padding = "circular" if params.tileable else "zeros"
+        key = (params.backbone, params.pooling, padding, layers)
         model = self._models.get(key)
         if model is None:
-            net = build_vgg19(layers, pooling=params.pooling, backbone=params.backbone,
+            net = build_vgg19(layers, pooling=params.pooling, backbone=params.backbone, padding=padding,
                               weights_path=self.options.weights_path)
             net = net.to(self._device)
             if self.options.channels_last:
@@ -170,6 +171,13 @@ class Stylizer:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
             return model(x)
+
+    def activations(self, image: Image.Image, params: StyleParams) -> dict[str, torch.Tensor]:
+        """The network's activations of an RGB image at `params`' layers (no gradients, fp32, on the device)."""
+        model = self._model(params)
+        with torch.no_grad():
+            feats = self._features(model, to_tensor(image.convert("RGB")).to(self._device))
+        return {name: a.float() for name, a in feats.items()}
 
     # -- targets -----------------------------------------------------------------------------
     def _style_grams(
@@ -311,7 +319,8 @@ class Stylizer:
         luminance_only: bool,
     ) -> torch.Tensor:
         if previous is not None:
-            x = resize_tensor(previous, size)  # coarse-to-fine: start from the upsampled result
+            # coarse-to-fine: start from the upsampled result (wrapped around for a tileable one)
+            x = resize_tensor(previous, size, wrap=params.tileable)
         elif init_image is not None:
             x = to_tensor(resize_image(init_image.convert("RGB"), size)).to(self._device)
         elif params.init == "noise":

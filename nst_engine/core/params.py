@@ -23,6 +23,10 @@ ColorMethod = Literal["luminance", "match"]
 OptimizerName = Literal["lbfgs", "adam"]
 InitName = Literal["content", "noise", "image"]
 Backbone = Literal["caffe", "torchvision"]
+JobKind = Literal["stylize", "texture", "explain"]
+# stylize: a photo painted in a style; texture: the style alone, from noise (content weight 0);
+# explain: a sheet that shows the style layer by layer (core/explain.py).
+JOB_KINDS: tuple[str, ...] = ("stylize", "texture", "explain")
 
 
 class ParamError(ValueError):
@@ -70,6 +74,8 @@ class StyleParams:
     early_stop: float = 5e-3
     """Stop a scale when the loss improved by less than this fraction over the last 10 iterations; 0 disables."""
     backbone: Backbone = "caffe"
+    tileable: bool = False
+    """Pad circularly inside the network, so the result wraps around seamlessly (for textures)."""
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 4096:

@@ -104,6 +104,9 @@ class VGG19Features(nn.Module):
 
     Frozen (eval mode, no parameter gradients: they would add ~47 % work for nothing).
     Input: (N, 3, H, W) RGB in 0-255.
+    padding: 'zeros' (VGG's own) or 'circular', which makes the network see the image as a torus, so
+    what it is optimised into wraps around seamlessly (tileable textures). The wrap is exact only when
+    every pooling halves an even side, i.e. sides are multiples of `circular_multiple(layers)`.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class VGG19Features(nn.Module):
         *,
         pooling: str = "max",
         backbone: str = "caffe",
+        padding: str = "zeros",
     ) -> None:
         super().__init__()
         self.layers = tuple(dict.fromkeys(layers))
@@ -121,6 +125,8 @@ class VGG19Features(nn.Module):
             raise ValueError(f"unknown VGG19 layer(s) {unknown}; known: {', '.join(LAYER_NAMES)}")
         if pooling not in ("max", "avg"):
             raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        if padding not in ("zeros", "circular"):
+            raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
         self.backbone = backbone
         self.pooling = pooling
         last = max(LAYER_INDEX[n] for n in self.layers)
@@ -131,7 +137,7 @@ class VGG19Features(nn.Module):
                 if name == "conv1_1" and backbone == "caffe":
                     # The Caffe model reads BGR: flip its first filters once instead of every input.
                     w = w.flip(1)
-                conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=3, padding=1)
+                conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=3, padding=1, padding_mode=padding)
                 conv.weight.data.copy_(w)
                 conv.bias.data.copy_(b)
                 modules.append(conv)
@@ -173,6 +179,7 @@ def build_vgg19(
     *,
     pooling: str = "max",
     backbone: str = "caffe",
+    padding: str = "zeros",
     weights_path: str | None = None,
 ) -> VGG19Features:
     """A frozen, truncated VGG19 on the CPU; `.to(device)` it as needed."""
@@ -182,4 +189,30 @@ def build_vgg19(
         weights = load_torchvision_weights()
     else:
         raise ValueError(f"unknown backbone {backbone!r}")
-    return VGG19Features(weights, layers, pooling=pooling, backbone=backbone)
+    return VGG19Features(weights, layers, pooling=pooling, backbone=backbone, padding=padding)
+
+
+def poolings_before(layer: str) -> int:
+    """How many 2x2 poolings a layer's input has passed (relu5_1: 4)."""
+    return sum(1 for name in LAYER_NAMES[: LAYER_INDEX[layer]] if name.startswith("pool"))
+
+
+def circular_multiple(layers: Iterable[str]) -> int:
+    """Side lengths that are multiples of this keep circular padding exact down to the deepest layer."""
+    return 2 ** max(poolings_before(n) for n in layers)
+
+
+def receptive_field(layer: str) -> tuple[int, int]:
+    """(size, stride) in input pixels of one unit of `layer`: 3x3 convs (pad 1) and 2x2/2 pools.
+
+    A conv widens the field by 2 strides, a pooling by 1 stride and doubles the stride. A unit at
+    (i, j) is centred on pixel (stride * (i + 0.5) - 0.5, ...) (see `core.explain.patch_box`).
+    """
+    size, stride = 1, 1
+    for name in LAYER_NAMES[: LAYER_INDEX[layer] + 1]:
+        if name.startswith("conv"):
+            size += 2 * stride
+        elif name.startswith("pool"):
+            size += stride
+            stride *= 2
+    return size, stride

@@ -117,3 +117,26 @@ def test_caffe_preprocessing_is_mean_subtraction_with_bgr_filters():
     # ...so preprocessing is elementwise and keeps a channels-last input's layout.
     cl = (torch.rand(1, 3, 8, 8) * 255).contiguous(memory_format=torch.channels_last)
     assert net.preprocess(cl).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_receptive_fields_and_circular_multiples_by_hand():
+    # A 3x3 conv adds 2 strides, a 2x2 pooling 1 stride and doubles the stride.
+    fields = {layer: vgg.receptive_field(layer) for layer in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
+    assert fields == {"relu1_1": (3, 1), "relu2_1": (10, 2), "relu3_1": (24, 4), "relu4_1": (68, 8),
+                      "relu5_1": (156, 16)}
+    assert vgg.circular_multiple(("relu1_1",)) == 1
+    assert vgg.circular_multiple(("relu1_1", "relu3_1")) == 4
+    assert vgg.circular_multiple(("relu5_1", "relu2_1")) == 16
+
+
+def test_circular_padding_sees_the_image_as_a_torus():
+    x = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0)) * 255
+    rolled = x.roll(shifts=(16, -32), dims=(-2, -1))
+    circular = build_vgg19(("relu5_1",), padding="circular")
+    a, b = circular(x)["relu5_1"], circular(rolled)["relu5_1"]  # 16 px = one unit of relu5_1
+    assert torch.allclose(b, a.roll(shifts=(1, -2), dims=(-2, -1)), rtol=1e-4, atol=1e-3)
+    zeros = build_vgg19(("relu5_1",))
+    a, b = zeros(x)["relu5_1"], zeros(rolled)["relu5_1"]
+    assert not torch.allclose(b, a.roll(shifts=(1, -2), dims=(-2, -1)), rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="padding"):
+        build_vgg19(("relu1_1",), padding="reflect")

@@ -1,4 +1,4 @@
-"""`python -m nst_engine {stylize,samples,serve} ...`"""
+"""`python -m nst_engine {stylize,texture,explain,samples,serve,fetch-presets} ...`"""
 from __future__ import annotations
 
 import sys
@@ -7,6 +7,8 @@ USAGE = """usage: python -m nst_engine COMMAND ...
 
 commands:
   stylize        stylize a photo with one or more style images (see `stylize --help`)
+  texture        a painting's style alone, painted from noise; --tileable wraps around (see `texture --help`)
+  explain        one sheet that shows a painting's style layer by layer (see `explain --help`)
   samples        write a sample photo and a generated style image into a folder
   serve          run the engine HTTP service (see `serve --help`)
   fetch-presets  download and verify the default style presets (see `fetch-presets --help`)
@@ -24,6 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import stylize_main
 
         return stylize_main(rest)
+    if command == "texture":
+        from .cli import texture_main
+
+        return texture_main(rest)
+    if command == "explain":
+        from .cli import explain_main
+
+        return explain_main(rest)
     if command == "samples":
         from .cli import samples_main
 

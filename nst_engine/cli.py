@@ -1,6 +1,8 @@
 """Command line: stylize local files without Discord, with a progress bar.
 
     python -m nst_engine stylize CONTENT STYLE [STYLE ...] -o OUT.png [options]
+    python -m nst_engine texture STYLE -o OUT.png [--tileable] [options]
+    python -m nst_engine explain STYLE -o SHEET.png [options]
     python -m nst_engine samples DIR
 """
 from __future__ import annotations
@@ -10,12 +12,21 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from .core.params import STYLE_LAYERS, EngineOptions, ParamError, StyleParams
 from .images import procedural
 
+if TYPE_CHECKING:  # annotations only
+    from PIL import Image
+
+    from .core.explain import Explanation
+    from .core.optimize import StyleResult, Stylizer
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _DEFAULTS = StyleParams()
 _OUTPUT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -126,10 +137,14 @@ def _output_format(path: str) -> str:
 
 
 class _Bar:
-    """tqdm over the iterations of all scales; the total shrinks when a scale stops early."""
+    """tqdm over the iterations of all scales; the total shrinks when a scale stops early.
 
-    def __init__(self, enabled: bool) -> None:
+    `stage` names what Progress.scale counts ('scale' for stylize and texture, 'layer' for explain).
+    """
+
+    def __init__(self, enabled: bool, stage: str = "scale") -> None:
         self.enabled = enabled
+        self.stage = stage
         self.bar = None
 
     def __call__(self, p) -> None:
@@ -140,7 +155,8 @@ class _Bar:
         if self.bar is None:
             self.bar = tqdm(total=p.total, unit="it", dynamic_ncols=True, file=sys.stderr)
         self.bar.total = p.total
-        self.bar.set_description(f"scale {p.scale + 1}/{p.num_scales} {p.size[0]}x{p.size[1]}", refresh=False)
+        self.bar.set_description(f"{self.stage} {p.scale + 1}/{p.num_scales} {p.size[0]}x{p.size[1]}",
+                                 refresh=False)
         self.bar.set_postfix(loss=f"{p.losses['total']:.3g}", refresh=False)
         self.bar.update(p.iteration - self.bar.n)
 
@@ -185,12 +201,112 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
-def stylize_main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def _painting_parser(command: str, description: str, size: int, size_help: str, steps: int) -> argparse.ArgumentParser:
+    """The flags `texture` and `explain` share."""
+    p = _Parser(prog=f"python -m nst_engine {command}", description=description,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("style", metavar="STYLE",
+                   help=f"the painting (an image file), or a built-in generated style: {', '.join(procedural.NAMES)}")
+    p.add_argument("-o", "--output", required=True, help="output file; .png, .jpg/.jpeg or .webp picks the format")
+    p.add_argument("--size", type=int, default=size, help=size_help)
+    p.add_argument("--steps", type=int, default=steps, help="most iterations at the final scale")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the starting noise")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def build_texture_parser() -> argparse.ArgumentParser:
+    from .core.texture import TEXTURE_SIZE, TEXTURE_STEPS
+
+    p = _painting_parser(
+        "texture", "The style of a painting alone: a texture painted from white noise by matching the painting's "
+        "style matrices (Gram matrices), with no content (Gatys et al., Fig. 1).",
+        TEXTURE_SIZE, "side of the square texture in pixels", TEXTURE_STEPS)
+    p.add_argument("--tileable", action="store_true",
+                   help="wrap around seamlessly, to repeat as a wallpaper (the side is rounded to a multiple of "
+                        "16 px per scale)")
+    return p
+
+
+def build_explain_parser() -> argparse.ArgumentParser:
+    from .core.explain import EXPLAIN_SIZE, EXPLAIN_STEPS
+
+    p = _painting_parser(
+        "explain", "One sheet that shows what the network calls the style of a painting, layer by layer: textures "
+        "reconstructed from layers 1..l, each layer's style matrix, and the patches its strongest channels like.",
+        EXPLAIN_SIZE, "side of each reconstruction in pixels", EXPLAIN_STEPS)
+    p.add_argument("--name", help="what to call the painting in the title (default: the file name)")
+    return p
+
+
+def _painting_job(
+    args: argparse.Namespace, stage: str, job: Callable[[Stylizer, Image.Image, _Bar], T]
+) -> tuple[str, T]:
+    """Shared by texture and explain: load the painting, run `job(stylizer, painting, bar)`, map errors."""
+    from .core.devices import DeviceUnavailable
+    from .core.optimize import Stylizer
+    from .core.vgg import BackboneUnavailable
+
+    fmt = _output_format(args.output)
+    painting = _load_style(args.style)
+    bar = _Bar(not args.quiet, stage)
+    try:
+        return fmt, job(Stylizer(EngineOptions(device=args.device)), painting, bar)
+    except (ParamError, DeviceUnavailable, BackboneUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        bar.close()
+
+
+def _write(image: Image.Image, fmt: str, path: str) -> Path:
+    from .images.codec import ImageError, encode_image
+
+    try:
+        encoded = encode_image(image, fmt)
+    except ImageError as exc:
+        raise CliError(exc.message) from None
+    out = Path(path)
+    out.write_bytes(encoded.data)
+    return out
+
+
+def run_texture(args: argparse.Namespace) -> Path:
+    from .core.texture import synthesize
+
+    def job(stylizer: Stylizer, painting: Image.Image, bar: _Bar) -> StyleResult:
+        params = StyleParams(size=args.size, steps=args.steps, seed=args.seed, tileable=args.tileable)
+        return synthesize(stylizer, painting, params, callback=bar)
+
+    fmt, result = _painting_job(args, "scale", job)
+    out = _write(result.image, fmt, args.output)
+    log.info("%s: %dx%d%s, %d iterations on %s in %.1f s (style %.3g)", out, *result.image.size,
+             " tileable" if args.tileable else "", result.iterations, result.device, result.timings["total"],
+             result.losses["style"])
+    return out
+
+
+def run_explain(args: argparse.Namespace) -> Path:
+    from .core.explain import Explainer, explain_params
+    from .core.sheet import render_sheet
+
+    def job(stylizer: Stylizer, painting: Image.Image, bar: _Bar) -> Explanation:
+        params = explain_params(seed=args.seed, size=args.size, steps=args.steps)
+        return Explainer(stylizer).explain(painting, params, callback=bar)
+
+    fmt, explanation = _painting_job(args, "layer", job)
+    name = args.name or (args.style if args.style in procedural.NAMES else Path(args.style).stem)
+    out = _write(render_sheet(explanation, name), fmt, args.output)
+    log.info("%s: %d layers in %.1f s", out, len(explanation.layers), explanation.timings["total"])
+    return out
+
+
+def _command(parser: argparse.ArgumentParser, run_job: Callable[[argparse.Namespace], Path], argv: list[str]) -> int:
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     started = time.perf_counter()
     try:
-        out = run(args)
+        out = run_job(args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -200,6 +316,18 @@ def stylize_main(argv: list[str]) -> int:
     if not args.quiet:
         print(f"wrote {out} ({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def stylize_main(argv: list[str]) -> int:
+    return _command(build_parser(), run, argv)
+
+
+def texture_main(argv: list[str]) -> int:
+    return _command(build_texture_parser(), run_texture, argv)
+
+
+def explain_main(argv: list[str]) -> int:
+    return _command(build_explain_parser(), run_explain, argv)
 
 
 def samples_main(argv: list[str]) -> int:

@@ -132,3 +132,53 @@ def test_procedural_styles_are_deterministic_and_distinct():
         assert np.asarray(image).std() > 20  # a real pattern, not a flat colour
     with pytest.raises(KeyError):
         procedural.generate("cubism")
+
+
+# --- texture and explain ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, size", [([], (40, 40)), (["--tileable"], (32, 32))])
+def test_texture_writes_a_square_of_the_style_alone(files, capsys, extra, size):
+    folder, _, style = files
+    out = folder / "texture.png"
+    assert main(["texture", style, "-o", str(out), "--size", "40", "--steps", "2", *extra]) == 0
+    with Image.open(out) as im:
+        assert im.size == size and im.mode == "RGB"  # a tile's side is rounded so every scale wraps
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "scale 1/1" in captured.err
+
+
+def test_explain_writes_one_sheet(tmp_path, capsys):
+    out = tmp_path / "sheet.webp"
+    assert main(["explain", "mosaic", "-o", str(out), "--size", "32", "--steps", "1"]) == 0
+    with Image.open(out) as im:
+        assert im.format == "WEBP" and im.width > 800 and im.width / im.height > 1.3
+    assert "layer 5/5" in capsys.readouterr().err  # the bar counts the five reconstructions
+
+
+@pytest.mark.parametrize("command", ["texture", "explain"])
+@pytest.mark.parametrize("make, message", [
+    (lambda d, s: (d / "text.png").write_text("not an image") and d / "text.png", "not an image"),
+    (lambda d, s: (d / "cut.jpg").write_bytes(s.truncated_jpeg()) and d / "cut.jpg", "cut.jpg"),
+    (lambda d, s: (d / "bomb.png").write_bytes(s.huge_png()) and d / "bomb.png", "pixels"),
+    (lambda d, s: (d / "tiny.png").write_bytes(s.png(20, 20)) and d / "tiny.png", "too small (20x20)"),
+])
+def test_bad_paintings_get_one_line(tmp_path, capsys, samples, command, make, message):
+    path = make(tmp_path, samples)
+    assert main([command, str(path), "-o", str(tmp_path / "o.png"), "--size", "32", "--steps", "1", "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_texture_and_explain_help_name_their_switches():
+    from nst_engine.cli import build_explain_parser, build_texture_parser
+
+    texture = build_texture_parser().format_help()
+    for flag in ["--size", "--steps", "--seed", "--tileable", "--device", "--quiet"]:
+        assert flag in texture, flag
+    explain = build_explain_parser().format_help()
+    for flag in ["--size", "--steps", "--seed", "--name", "--device"]:
+        assert flag in explain, flag
+    assert "texture" in subprocess.run([sys.executable, "-m", "nst_engine", "--help"], capture_output=True,
+                                       text=True).stdout

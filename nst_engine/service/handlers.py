@@ -17,7 +17,7 @@ from aiohttp import web
 from ..core.schedule import scale_sizes
 from ..images.codec import DecodedImage, decode_image, encode_image, shrink_to
 from ..images.presets import UnknownPreset
-from .jobs import TERMINAL, Job, JobInputs, JobState
+from .jobs import Job, JobInputs, JobState
 from .keys import (
     IMAGE_EXECUTOR_KEY,
     JOBS_KEY,
@@ -28,6 +28,7 @@ from .keys import (
     WORKERS_KEY,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .events import Event, EventType
 from .forms import FORM_OVERHEAD_BYTES, JobRequest, parse_field, read_form, read_job_request
 from .middlewares import ApiError
 from .queue import QueueClosed, QueueFull, RequesterLimit
@@ -42,7 +43,6 @@ DEFAULT_PREVIEW_SIDE = 256
 # Preset thumbnails are for contact sheets; bigger requests would just re-serve the painting.
 PRESET_THUMB_DEFAULT, PRESET_THUMB_MAX = 128, 512
 
-_FINAL_EVENTS = frozenset(s.value for s in TERMINAL) | {"shutdown"}
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -206,16 +206,16 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     })
     try:
         await response.prepare(request)
-        await _write_line(response, {"type": "status", "seq": job.seq, **_status(app, job)})
+        await _write_line(response, Event(EventType.STATUS, job.id, job.seq, _status(app, job)))
         if job.finished:
-            await _write_line(response, {"type": job.state.value, "seq": job.seq, **job.snapshot()})
+            await _write_line(response, Event(EventType(job.state.value), job.id, job.seq, job.snapshot()))
         else:
             while (event := await watcher.next(timeout=HEARTBEAT_SECONDS)) is not None or not watcher.closed:
                 if event is None:
-                    await _write_line(response, {"type": "ping", "job_id": job.id})
+                    await _write_line(response, Event(EventType.PING, job.id, job.seq))
                     continue
                 await _write_line(response, event)
-                if event["type"] in _FINAL_EVENTS:
+                if event.final:
                     break
         await response.write_eof()
     except (ConnectionResetError, ConnectionError):
@@ -225,8 +225,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _write_line(response: web.StreamResponse, event: dict[str, Any]) -> None:
-    await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+async def _write_line(response: web.StreamResponse, event: Event) -> None:
+    await response.write(json.dumps(event.wire(), separators=(",", ":")).encode() + b"\n")
 
 
 async def job_result(request: web.Request) -> web.Response:

@@ -10,10 +10,10 @@ import io
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .engine.events import Progress
 from .jobs import JobParams
 
 # Strength in words. The engine's dial is 0-10 and each step doubles the style's weight; these are the
@@ -86,14 +86,11 @@ def busy_text(mention: str, job_id: str) -> str:
             "is room.")
 
 
-def progress_text(mention: str, job_id: str, event: dict[str, Any]) -> str:
-    total = max(1, int(event.get("total") or 1))
-    iteration = int(event.get("iteration") or 0)
-    fraction = iteration / total
-    scale, scales = event.get("scale"), event.get("num_scales")
-    scale_part = f" · scale {scale}/{scales}" if scale and scales else ""
-    size_part = f" ({event['width']}×{event['height']})" if event.get("width") and event.get("height") else ""
-    eta = relative_time(event.get("eta_s"))
+def progress_text(mention: str, job_id: str, progress: Progress) -> str:
+    fraction = progress.fraction
+    scale_part = f" · scale {progress.scale}/{progress.num_scales}" if progress.scale and progress.num_scales else ""
+    size_part = f" ({progress.width}×{progress.height})" if progress.width and progress.height else ""
+    eta = relative_time(progress.eta_s)
     eta_part = f" · done {eta}" if eta else ""
     return (f"{mention} 🎨 Job `{job_id}` is painting: `{bar(fraction)}` **{fraction:.0%}**"
             f"{scale_part}{size_part}{eta_part}")

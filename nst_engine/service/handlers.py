@@ -17,6 +17,8 @@ from aiohttp import web
 from ..core.schedule import scale_sizes
 from ..images.codec import DecodedImage, decode_image, encode_image, shrink_to
 from ..images.presets import UnknownPreset
+from .events import Event, EventType
+from .forms import FORM_OVERHEAD_BYTES, JobRequest, parse_field, read_form, read_job_request
 from .jobs import Job, JobInputs, JobState
 from .keys import (
     IMAGE_EXECUTOR_KEY,
@@ -28,8 +30,6 @@ from .keys import (
     WORKERS_KEY,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .events import Event, EventType
-from .forms import FORM_OVERHEAD_BYTES, JobRequest, parse_field, read_form, read_job_request
 from .middlewares import ApiError
 from .queue import QueueClosed, QueueFull, RequesterLimit
 from .settings import parse_bool

@@ -26,11 +26,6 @@ DEFAULT_STRENGTH = "balanced"
 BAR_WIDTH = 12
 # Contact sheet: thumbnails of this side, this many per row, and a caption band under each.
 THUMB, COLUMNS, CAPTION = 128, 4, 22
-# Re-encoding steps for results over the upload limit: JPEG qualities, then downscales.
-JPEG_QUALITIES = (92, 85, 75)
-DOWNSCALE = 0.8
-# Leave room for the multipart framing and the message's JSON.
-UPLOAD_MARGIN = 64 * 1024
 
 
 def stronger(level: str) -> str | None:
@@ -119,26 +114,13 @@ def cancelled_text(mention: str, job_id: str, by: str | None = None) -> str:
 # --- images ---------------------------------------------------------------------------------------------------
 
 
-def fit_to_limit(data: bytes, limit: int) -> tuple[bytes, str]:
-    """(bytes, extension) of the image, re-encoded if needed so it is at most `limit` - UPLOAD_MARGIN bytes:
-    as is if it fits, else JPEG at falling quality, then smaller and smaller."""
-    budget = max(1024, limit - min(UPLOAD_MARGIN, limit // 10))
-    with Image.open(io.BytesIO(data)) as im:
-        fmt = (im.format or "PNG").upper()
-        if len(data) <= budget:
-            return data, {"JPEG": ".jpg", "WEBP": ".webp"}.get(fmt, ".png")
-        im.load()
-        rgb = im.convert("RGB")
-    while True:
-        for quality in JPEG_QUALITIES:
-            out = io.BytesIO()
-            rgb.save(out, "JPEG", quality=quality, optimize=True)
-            if out.tell() <= budget:
-                return out.getvalue(), ".jpg"
-        if max(rgb.size) <= 64:
-            return out.getvalue(), ".jpg"
-        rgb = rgb.resize((max(1, int(rgb.width * DOWNSCALE)), max(1, int(rgb.height * DOWNSCALE))),
-                         Image.Resampling.LANCZOS)
+def extension_of(data: bytes) -> str:
+    """The file extension for an encoded result (the engine sends PNG, JPEG or WebP)."""
+    if data.startswith(b"\xff\xd8"):
+        return ".jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return ".png"
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

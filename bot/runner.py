@@ -38,6 +38,9 @@ FAILOVER_AFTER = 3
 # When Discord still says the file is too large (413, code 40005): try again this many times, each time
 # with this fraction of the bytes that were refused.
 UPLOAD_RETRIES, UPLOAD_SHRINK = 6, 0.6
+# Room left in the upload for the multipart framing and the message's JSON; the smallest budget the
+# engine accepts (docs/engine-api.md, byte_budget).
+UPLOAD_MARGIN, MIN_UPLOAD_BUDGET = 64 * 1024, 64 * 1024
 GENERIC_FAILURE = "something went wrong on my side. Please try again."
 # On shutdown, how long the Discord requests that jobs had in flight may take to finish.
 CLOSE_IO_TIMEOUT_S = 10.0
@@ -302,24 +305,22 @@ class JobRunner:
                                                                engine_job_id=None)
                 raise JobLost(job.engine_job_id) from None
             raise
-        limit = self.upload_limit(job)
         text = render.done_text(status.mention, job.id, job.params, *(render.image_size(data) or (None, None)),
                                 seconds=final.run_s)
         for attempt in range(UPLOAD_RETRIES + 1):
-            payload, ext = await asyncio.to_thread(render.fit_to_limit, data, limit)
             try:
-                await status.final(text, file=discord.File(io.BytesIO(payload), filename=f"stylized-{job.id}{ext}"),
-                                   view=result_view(job))
+                await status.final(text, file=discord.File(io.BytesIO(data), filename=f"stylized-{job.id}"
+                                                           f"{render.extension_of(data)}"), view=result_view(job))
                 break
             except discord.HTTPException as exc:
-                # The channel's real limit is lower than we knew: smaller, and again.
-                if (exc.status == 413 or exc.code == 40005) and attempt < UPLOAD_RETRIES:
-                    limit = int(min(limit, len(payload)) * UPLOAD_SHRINK)
-                    log.info("job %s: the result was too large for the channel; trying %d bytes", job.id, limit)
-                    continue
-                raise
+                # The channel's real limit is lower than we knew: the engine encodes it smaller, and again.
+                if not (exc.status == 413 or exc.code == 40005) or attempt == UPLOAD_RETRIES:
+                    raise
+                budget = max(MIN_UPLOAD_BUDGET, int(len(data) * UPLOAD_SHRINK))
+                log.info("job %s: the result was too large for the channel; asking for %d bytes", job.id, budget)
+                data = await self.bot.engine.result(job.engine_url, job.engine_job_id, max_bytes=budget)
         status.job = await self.bot.journal.update_job(status.job, state=JobState.DONE, error=None)
-        log.info("job %s done (%d bytes)", job.id, len(payload))
+        log.info("job %s done (%d bytes)", job.id, len(data))
 
     async def _finish(self, status: StatusMessage, state: str, text: str, *, error: str | None = None) -> None:
         await status.final(text, view=None)
@@ -337,9 +338,11 @@ class JobRunner:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def upload_limit(self, job: JobRecord) -> int:
+    def upload_budget(self, job: JobRecord) -> int:
+        """Bytes the result may have: the channel's upload limit less room for the message around the file."""
         guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
-        return guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        return max(MIN_UPLOAD_BUDGET, limit - min(UPLOAD_MARGIN, limit // 10))
 
     async def _spec(self, job: JobRecord) -> JobSpec:
         inputs = await self.bot.journal.inputs(job.id)
@@ -351,5 +354,5 @@ class JobRunner:
             requester=str(job.user_id), content=content, content_name=job.content_name, style=style,
             style_name=job.style_name, preset=p.preset, size=p.size, steps=p.steps or self.bot.settings.job_steps,
             strength=render.STRENGTHS.get(p.strength, render.STRENGTHS[render.DEFAULT_STRENGTH]),
-            preserve_colors=p.preserve_colors, seed=p.seed, byte_budget=max(64 * 1024, self.upload_limit(job)),
+            preserve_colors=p.preserve_colors, seed=p.seed, byte_budget=self.upload_budget(job),
         )

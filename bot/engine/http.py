@@ -218,8 +218,10 @@ class EngineClient:
             raise EngineUnavailable(f"events of {job_id}: {exc!r}") from None
         raise EngineUnavailable(f"the event stream of {job_id} ended early")
 
-    async def result(self, engine: str, job_id: str) -> bytes:
-        return await self._request("GET", f"{engine}/v1/jobs/{job_id}/result", expect="bytes")
+    async def result(self, engine: str, job_id: str, *, max_bytes: int | None = None) -> bytes:
+        """The encoded result; with `max_bytes`, the engine re-encodes it to fit (EngineError 413 if it cannot)."""
+        params = {"max_bytes": str(max_bytes)} if max_bytes else None
+        return await self._request("GET", f"{engine}/v1/jobs/{job_id}/result", params=params, expect="bytes")
 
     async def cancel(self, engine: str, job_id: str) -> dict[str, Any] | None:
         """Cancel a job; None if it already ended or the engine does not know it."""

@@ -106,7 +106,11 @@ async def read_form(request: web.Request, *, file_fields: set[str], known: froze
 
 
 def parse_field(form: Form, name: str, parse: Callable[[str], T], what: str) -> T | None:
-    raw = form.text(name)
+    return parse_field_value(name, form.text(name), parse, what)
+
+
+def parse_field_value(name: str, raw: str | None, parse: Callable[[str], T], what: str) -> T | None:
+    """A form or query value parsed; None when absent or empty; ApiError 400 naming the field when invalid."""
     if raw is None or raw == "":
         return None
     try:

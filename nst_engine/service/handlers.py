@@ -15,10 +15,19 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ..core.schedule import scale_sizes
-from ..images.codec import DecodedImage, decode_image, encode_image, shrink_to
+from ..images.codec import DecodedImage, decode_image, encode_image, reencode, shrink_to
 from ..images.presets import UnknownPreset
 from .events import Event, EventType
-from .forms import FORM_OVERHEAD_BYTES, JobRequest, parse_field, read_form, read_job_request
+from .forms import (
+    FORM_OVERHEAD_BYTES,
+    MAX_BYTE_BUDGET,
+    MIN_BYTE_BUDGET,
+    JobRequest,
+    parse_field,
+    parse_field_value,
+    read_form,
+    read_job_request,
+)
 from .jobs import Job, JobInputs, JobState
 from .keys import (
     IMAGE_EXECUTOR_KEY,
@@ -239,6 +248,13 @@ async def job_result(request: web.Request) -> web.Response:
         message = (job.error or {}).get("message", f"The job ended as {job.state.value}.")
         raise ApiError(409, "no_result", message, state=job.state.value)
     result = job.result
+    max_bytes = parse_field_value("max_bytes", request.query.get("max_bytes"), int, "a whole number of bytes")
+    if max_bytes is not None and len(result.data) > max_bytes:
+        # The client learnt its limit late (a Discord channel refused the upload): the same picture, smaller.
+        if not MIN_BYTE_BUDGET <= max_bytes <= MAX_BYTE_BUDGET:
+            raise ApiError(400, "invalid_parameter",
+                           f"max_bytes must be between {MIN_BYTE_BUDGET} and {MAX_BYTE_BUDGET} bytes.")
+        result = await _in_thread(request, reencode, result, max_bytes)
     return web.Response(body=result.data, content_type=result.content_type, headers={
         "Content-Disposition": f'inline; filename="stylized-{job.id[:8]}{result.extension}"',
         "X-Image-Width": str(result.size[0]), "X-Image-Height": str(result.size[1]),

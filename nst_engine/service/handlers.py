@@ -42,6 +42,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .middlewares import ApiError
 from .queue import QueueClosed, QueueFull, RequesterLimit
 from .settings import parse_bool
+from .worker import WorkerState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,7 +81,7 @@ def _queue_eta(app: web.Application, position: int | None) -> float | None:
 def _check_intake(app: web.Application, requester: str | None = None) -> None:
     queue = app[QUEUE_KEY]
     workers = app[WORKERS_KEY]
-    if workers and all(w.state in ("broken", "stopped") for w in workers):
+    if workers and all(w.state in (WorkerState.BROKEN, WorkerState.STOPPED) for w in workers):
         raise ApiError(503, "engine_unavailable", "The style engine is not available right now; please try later.",
                        headers={"Retry-After": "60"})
     try:
@@ -366,7 +367,7 @@ def readiness(app: web.Application) -> str:
     workers = app[WORKERS_KEY]
     if app[QUEUE_KEY].closed:
         return "shutting_down"
-    if not workers or any(w.state == "starting" for w in workers):
+    if not workers or any(w.state is WorkerState.STARTING for w in workers):
         return "starting"
     if all(w.ready for w in workers):
         return "ready"

@@ -32,6 +32,11 @@ def test_words_are_case_folded_and_commas_and_backticks_are_separators_of_no_mea
     assert parse_options("Strength=INTENSE Preset=Mosaic") == StyleOptions(preset="mosaic", strength="intense")
 
 
+def test_a_preset_name_in_backticks_is_read_like_every_other_word():
+    # `!presets` lists names as `mosaic`; a user who types them that way means the preset.
+    assert parse_options("`Mosaic` `strong`") == StyleOptions(preset="mosaic", strength="strong")
+
+
 @pytest.mark.parametrize("word", ["subtle", "light", "balanced", "strong", "bold", "intense"])
 def test_every_strength_word(word):
     assert parse_options(word).strength == word

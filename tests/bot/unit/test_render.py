@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from bot import render
+from bot.engine.events import Progress, parse_event
 from bot.jobs import JobParams
 
 BACKGROUND = (32, 34, 37)
@@ -107,22 +108,22 @@ def test_waiting_own_text_counts_in_words():
 
 
 def test_progress_text_with_every_field():
-    event = {"type": "progress", "iteration": 50, "total": 200, "scale": 2, "num_scales": 3, "width": 512,
-             "height": 384}
-    assert render.progress_text("<@1>", "j", event) == (
+    progress = Progress(iteration=50, total=200, scale=2, num_scales=3, width=512, height=384)
+    assert render.progress_text("<@1>", "j", progress) == (
         "<@1> 🎨 Job `j` is painting: `▰▰▰▱▱▱▱▱▱▱▱▱` **25%** · scale 2/3 (512×384)")
 
 
 def test_progress_text_with_an_eta():
-    text = render.progress_text("<@1>", "j", {"iteration": 200, "total": 200, "eta_s": 30.0})
+    text = render.progress_text("<@1>", "j", Progress(iteration=200, total=200, eta_s=30.0))
     match = re.fullmatch(r"<@1> 🎨 Job `j` is painting: `▰{12}` \*\*100%\*\* · done <t:(\d+):R>", text)
     assert match and abs(int(match.group(1)) - (time.time() + 30)) <= 2
 
 
-@pytest.mark.parametrize("event", [{}, {"iteration": None, "total": None}, {"iteration": 0, "total": 0},
-                                   {"scale": 1, "width": 64}])  # half of a pair is left out
-def test_progress_text_tolerates_missing_fields(event):
-    assert render.progress_text("<@1>", "j", event) == "<@1> 🎨 Job `j` is painting: `▱▱▱▱▱▱▱▱▱▱▱▱` **0%**"
+@pytest.mark.parametrize("raw", [{}, {"iteration": None, "total": None}, {"iteration": 0, "total": 0},
+                                 {"scale": 1, "width": 64}])  # half of a pair is left out
+def test_progress_text_tolerates_missing_fields(raw):
+    progress = parse_event({"type": "progress", **raw})
+    assert render.progress_text("<@1>", "j", progress) == "<@1> 🎨 Job `j` is painting: `▱▱▱▱▱▱▱▱▱▱▱▱` **0%**"
 
 
 def test_final_and_other_status_texts():
@@ -141,63 +142,12 @@ def test_final_and_other_status_texts():
         "<@1> 🕒 Job `j`: the style engine's queue is full; your job goes in as soon as there is room.")
 
 
-# --- fit_to_limit -------------------------------------------------------------------------------------------------
+# --- extension_of ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt, ext", [("PNG", ".png"), ("JPEG", ".jpg"), ("WEBP", ".webp")])
-def test_an_image_that_fits_is_sent_as_is_with_its_extension(fmt, ext):
-    data = encode(noise(32, 32), fmt)
-    assert render.fit_to_limit(data, 10 * 1024 * 1024) == (data, ext)
-
-
-def test_the_margin_is_64_kib_for_large_limits():
-    data = encode(noise(448, 448), "PNG")  # about 600 kB: limit // 10 is over 64 KiB here
-    assert len(data) > 590_000
-    assert render.fit_to_limit(data, len(data) + 65_536) == (data, ".png")
-    squeezed, ext = render.fit_to_limit(data, len(data) + 65_535)
-    assert ext == ".jpg" and squeezed.startswith(JPEG_MAGIC) and len(squeezed) < len(data)
-
-
-def test_the_margin_is_a_tenth_for_small_limits():
-    data = encode(noise(32, 32), "PNG")
-    n = len(data)
-    assert 3_000 < n < 5_000
-    # limit 10 * k leaves a budget of 9 * k
-    k = -(-n // 9)  # the smallest k with 9 * k >= n
-    assert render.fit_to_limit(data, 10 * k) == (data, ".png")
-    k = (n - 1) // 9  # 9 * k < n
-    assert render.fit_to_limit(data, 10 * k)[1] == ".jpg"
-
-
-def test_over_the_budget_it_lowers_the_jpeg_quality_before_the_size():
-    data = encode(noise(256, 128), "PNG")  # ~98 kB; as JPEG q92 ~29 kB, q85 ~24 kB
-    limit = 27_778  # budget 27_778 - 2_777 = 25_001
-    out, ext = render.fit_to_limit(data, limit)
-    assert ext == ".jpg" and len(out) <= 25_001
-    image = opened(out)
-    assert image.format == "JPEG" and image.size == (256, 128)
-
-
-def test_then_it_shrinks_by_a_fifth_at_a_time():
-    data = encode(noise(256, 128), "PNG")  # JPEG q75: ~19 kB at 256x128, ~11 kB at 204x102
-    limit = 13_334  # budget 12_001
-    out, ext = render.fit_to_limit(data, limit)
-    assert ext == ".jpg" and len(out) <= 12_001
-    assert opened(out).size == (204, 102)  # int(256 * 0.8), int(128 * 0.8)
-
-
-def test_it_gives_up_at_64_px_and_sends_what_it_has():
-    data = encode(noise(80, 80), "PNG")
-    out, ext = render.fit_to_limit(data, 1)  # the budget never goes under 1024 bytes; noise never fits it
-    image = opened(out)
-    assert ext == ".jpg" and image.size == (64, 64) and len(out) > 1024
-
-
-def test_transparency_is_flattened_for_jpeg():
-    rgba = noise(128, 128).convert("RGBA")
-    rgba.putalpha(128)
-    out, ext = render.fit_to_limit(encode(rgba, "PNG"), 40_000)
-    assert ext == ".jpg" and opened(out).mode == "RGB"
+def test_the_extension_follows_the_encoded_format(fmt, ext):
+    assert render.extension_of(encode(noise(32, 16), fmt)) == ext
 
 
 # --- image_size ------------------------------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ class Explainer:
 
         Progress reports `scale` = the layer being reconstructed (0-4) and `num_scales` = 5.
         """
-        check_painting(painting)
+        check_painting(painting.size)
         if params.seed is None:
             params = replace(params, seed=0)  # a sheet is an explanation, not a lottery: same every time
         cache_key = (key or pixel_key(painting.convert("RGB")), params)

@@ -37,12 +37,11 @@ MIN_PAINTING_SIDE = 32
 _CANVAS_GREY = (128, 128, 128)
 
 
-def check_painting(painting: Image.Image) -> None:
-    """ParamError (a sentence for the user) if the painting is too small to have a texture."""
-    if min(painting.size) < MIN_PAINTING_SIDE:
+def check_painting(size: tuple[int, int]) -> None:
+    """ParamError (a sentence for the user) if a painting of this (width, height) is too small to have a texture."""
+    if min(size) < MIN_PAINTING_SIDE:
         raise ParamError(
-            f"the painting is too small ({painting.width}x{painting.height}): send one at least "
-            f"{MIN_PAINTING_SIDE} px on each side"
+            f"the painting is too small ({size[0]}x{size[1]}): send one at least {MIN_PAINTING_SIDE} px on each side"
         )
 
 
@@ -88,7 +87,7 @@ def synthesize(
     Goes through `Stylizer.stylize`, so progress, previews, cancelling and the cache of style
     targets work as for a stylize job. The result's losses are the style term only.
     """
-    check_painting(painting)
+    check_painting(painting.size)
     params = texture_params(params)
     canvas = Image.new("RGB", (params.size, params.size), _CANVAS_GREY)
     return stylizer.stylize(canvas, [painting.convert("RGB")], params, style_keys=[style_key],

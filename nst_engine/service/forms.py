@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..core.params import StyleParams
+from ..core.explain import EXPLAIN_SIZE, EXPLAIN_STEPS
+from ..core.params import JOB_KINDS, StyleParams
 from ..images.codec import normalize_format
 from .middlewares import ApiError
 from .settings import DEFAULT_BYTE_BUDGET, EngineSettings, parse_bool
@@ -32,9 +33,11 @@ MIN_BYTE_BUDGET, MAX_BYTE_BUDGET = 64 * 1024, 1024 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
 
 JOB_FIELDS = frozenset({
-    "content", "style", "preset", "requester", "size", "strength", "preserve_colors", "color_method", "seed",
-    "steps", "style_scale", "style_blend", "format", "byte_budget",
+    "kind", "content", "style", "preset", "requester", "size", "strength", "preserve_colors", "color_method", "seed",
+    "steps", "style_scale", "style_blend", "tileable", "format", "byte_budget",
 })
+# Job kinds that take one painting and no photo (see core/params.py JOB_KINDS).
+PAINTING_ONLY_KINDS = frozenset({"texture", "explain"})
 # --- reading the form ---------------------------------------------------------------------------------------
 
 
@@ -130,7 +133,10 @@ def _parse_blend(raw: str) -> tuple[float, ...]:
 class JobRequest:
     """One job as the client sent it: the uploads still undecoded, the parameters validated."""
 
-    content: Upload
+    kind: str
+    """'stylize', 'texture' (the style alone, from noise) or 'explain' (the layer-by-layer sheet)."""
+    content: Upload | None
+    """The photo; None for the painting-only kinds."""
     style_uploads: list[Upload]
     presets: list[str]
     params: StyleParams
@@ -153,14 +159,28 @@ async def read_job_request(request: web.Request, settings: EngineSettings) -> Jo
     return job_request(form, settings)
 
 
+def _kind(form: Form) -> str:
+    kind = (form.text("kind") or "stylize").lower()
+    if kind not in JOB_KINDS:
+        raise ApiError(400, "invalid_parameter", f"kind must be one of {', '.join(JOB_KINDS)}, got {kind[:40]!r}.")
+    return kind
+
+
 def job_request(form: Form, settings: EngineSettings) -> JobRequest:
+    kind = _kind(form)
     contents = form.files.get("content", [])
-    if len(contents) != 1:
-        raise ApiError(400, "missing_content" if not contents else "too_many_content_images",
-                       "Send exactly one content image (the photo to stylize).")
     style_uploads = form.files.get("style", [])
     presets = [n for n in form.fields.get("preset", []) if n]
     n_styles = len(style_uploads) + len(presets)
+    if kind in PAINTING_ONLY_KINDS:
+        if contents:
+            raise ApiError(400, "unexpected_content", f"A {kind} job takes a painting only, not a photo.")
+        if n_styles != 1:
+            raise ApiError(400, "missing_style" if n_styles == 0 else "too_many_styles",
+                           f"A {kind} job takes exactly one painting: a style image or the name of a preset.")
+    elif len(contents) != 1:
+        raise ApiError(400, "missing_content" if not contents else "too_many_content_images",
+                       "Send exactly one content image (the photo to stylize).")
     if n_styles == 0:
         raise ApiError(400, "missing_style", "Send at least one style image or the name of a preset.")
     if n_styles > settings.max_styles:
@@ -168,13 +188,14 @@ def job_request(form: Form, settings: EngineSettings) -> JobRequest:
     notes: list[tuple[str, str]] = []
     size = parse_field(form, "size", int, "a whole number of pixels")
     if size is None:
-        size = min(settings.default_size, settings.max_size)
+        # An explanation's size is that of its small reconstructions, not of a picture to keep.
+        size = min(EXPLAIN_SIZE if kind == "explain" else settings.default_size, settings.max_size)
     elif size > settings.max_size:
         notes.append(("size_capped", f"Size reduced from {size} to {settings.max_size} px (the engine's limit)."))
         size = settings.max_size
     steps = parse_field(form, "steps", int, "a whole number")
     if steps is None:
-        steps = min(settings.default_steps, settings.max_steps)
+        steps = min(EXPLAIN_STEPS if kind == "explain" else settings.default_steps, settings.max_steps)
     elif steps > settings.max_steps:
         notes.append(("steps_capped", f"Steps reduced from {steps} to {settings.max_steps} (the engine's limit)."))
         steps = settings.max_steps
@@ -186,6 +207,7 @@ def job_request(form: Form, settings: EngineSettings) -> JobRequest:
         ("preserve_colors", parse_bool, "true or false"),
         ("color_method", str, "'luminance' or 'match'"),
         ("style_blend", _parse_blend, "comma-separated numbers"),
+        ("tileable", parse_bool, "true or false"),
     ):
         value = parse_field(form, name, parse, what)
         if value is not None:
@@ -202,4 +224,5 @@ def job_request(form: Form, settings: EngineSettings) -> JobRequest:
         raise ApiError(400, "invalid_parameter",
                        f"byte_budget must be between {MIN_BYTE_BUDGET} and {MAX_BYTE_BUDGET} bytes.")
     requester = (form.text("requester") or "anonymous")[:MAX_REQUESTER_LENGTH]
-    return JobRequest(contents[0], style_uploads, presets, params, output_format, budget, requester, notes)
+    return JobRequest(kind, contents[0] if contents else None, style_uploads, presets, params, output_format, budget,
+                      requester, notes)

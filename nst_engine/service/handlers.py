@@ -14,12 +14,15 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..core.explain import ANALYSIS_SIDE
 from ..core.schedule import scale_sizes
+from ..core.texture import check_painting
 from ..images.codec import DecodedImage, decode_image, encode_image, reencode, shrink_to
 from ..images.presets import UnknownPreset
 from .events import Event, EventType
 from .forms import (
     FORM_OVERHEAD_BYTES,
+    PAINTING_ONLY_KINDS,
     MAX_BYTE_BUDGET,
     MIN_BYTE_BUDGET,
     JobRequest,
@@ -129,15 +132,22 @@ async def _decode_inputs(request: web.Request, req: JobRequest) -> tuple[JobInpu
     """Decode the uploads and resolve the presets (in threads): -> inputs, a label per style, the photo's size."""
     app = request.app
     settings = app[SETTINGS_KEY]
-    content, content_size = await _in_thread(
-        request, _decode_shrunk, req.content.data, settings.max_pixels, "content image",
-        _MARGIN * req.params.size)
-    scale_sizes(*content.rgb.size, req.params.size, req.params.scales)  # too thin: ParamError -> 400 now, not later
+    content: DecodedImage | None = None
+    if req.content is not None:
+        content, content_size = await _in_thread(
+            request, _decode_shrunk, req.content.data, settings.max_pixels, "content image",
+            _MARGIN * req.params.size)
+        scale_sizes(*content.rgb.size, req.params.size, req.params.scales)  # too thin: 400 now, not later
     styles, keys, labels = [], [], []
     style_side = max(_MIN_STYLE_SIDE, math.ceil(_MARGIN * req.params.size * req.params.style_scale))
+    if req.kind == "explain":
+        style_side = max(style_side, ANALYSIS_SIDE)  # the sheet analyses the painting at this size
     for i, upload in enumerate(req.style_uploads):
         name = "style image" if len(req.style_uploads) == 1 else f"style image {i + 1}"
-        decoded, _ = await _in_thread(request, _decode_shrunk, upload.data, settings.max_pixels, name, style_side)
+        decoded, style_size = await _in_thread(request, _decode_shrunk, upload.data, settings.max_pixels, name,
+                                               style_side)
+        if req.kind in PAINTING_ONLY_KINDS:
+            check_painting(style_size)  # too small to have a texture: ParamError -> 400 now, not later
         styles.append(decoded.rgb)
         keys.append(None)
         labels.append(f"upload:{upload.filename or name}")
@@ -149,6 +159,8 @@ async def _decode_inputs(request: web.Request, req: JobRequest) -> tuple[JobInpu
         styles.append(image)
         keys.append(key)
         labels.append(f"preset:{name.casefold()}")
+    if content is None:  # a painting-only job
+        return JobInputs(None, None, styles, keys), labels, styles[0].size
     return JobInputs(content.rgb, content.alpha, styles, keys), labels, content_size
 
 
@@ -165,7 +177,7 @@ async def create_job(request: web.Request) -> web.Response:
     inputs, labels, content_size = await _decode_inputs(request, req)
     job = Job(
         requester=req.requester, params=req.params, output_format=req.output_format, byte_budget=req.byte_budget,
-        inputs=inputs, styles=labels, content_size=content_size,
+        inputs=inputs, styles=labels, content_size=content_size, kind=req.kind,
     )
     for code, message in req.notes:
         job.add_note(code, message)
@@ -177,8 +189,8 @@ async def create_job(request: web.Request) -> web.Response:
         app[JOBS_KEY].discard(job)
         raise
     app[METRICS_KEY].submitted.inc()
-    log.info("job %s queued for %s at position %d (%dx%d, %d styles)", job.id, job.requester, position,
-             *content_size, req.n_styles)
+    log.info("%s job %s queued for %s at position %d (%dx%d, %d styles)", job.kind, job.id, job.requester,
+             position, *content_size, req.n_styles)
     body = _status(app, job)
     body["links"] = {
         "self": f"/v1/jobs/{job.id}", "events": f"/v1/jobs/{job.id}/events",

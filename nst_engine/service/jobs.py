@@ -70,7 +70,8 @@ class JobNotFound(KeyError):
 class JobInputs:
     """The decoded pictures; dropped as soon as the job finishes."""
 
-    content: Image.Image
+    content: Image.Image | None
+    """The photo; None for a texture or explain job (one painting only)."""
     content_alpha: Image.Image | None
     styles: list[Image.Image]
     style_keys: list[str | None]
@@ -129,6 +130,9 @@ class Job:
     styles: list[str]
     """What the styles were, for status: 'upload:<file name>' or 'preset:<name>'."""
     content_size: tuple[int, int]
+    """The photo's size in its file (a painting-only job: the painting's)."""
+    kind: str = "stylize"
+    """'stylize', 'texture' or 'explain' (core.params.JOB_KINDS)."""
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.QUEUED
     position: int | None = None
@@ -272,7 +276,7 @@ class Job:
         self.seq += 1
         return Event(kind, self.id, self.seq, data)
 
-    def publish(self, kind: EventType, **data: Any) -> None:
+    def publish(self, kind: EventType, /, **data: Any) -> None:  # positional: a snapshot has a "kind" too
         event = self._stamp(kind, data)
         for watcher in list(self._watchers):
             watcher.push(event)
@@ -297,6 +301,7 @@ class Job:
             }
         return {
             "job_id": self.id,
+            "kind": self.kind,
             "state": self.state.value,
             "requester": self.requester,
             "position": self.position,
@@ -309,7 +314,7 @@ class Job:
             "params": {
                 "size": p.size, "steps": p.steps, "strength": p.strength, "preserve_colors": p.preserve_colors,
                 "color_method": p.color_method, "seed": p.seed, "style_scale": p.style_scale,
-                "style_blend": list(p.style_blend) if p.style_blend else None,
+                "style_blend": list(p.style_blend) if p.style_blend else None, "tileable": p.tileable,
                 "format": self.output_format, "byte_budget": self.byte_budget,
             },
             "styles": list(self.styles),

@@ -23,8 +23,11 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from ..core.explain import Explainer
 from ..core.optimize import Cancelled, Progress, StyleResult
 from ..core.params import EngineOptions, ParamError, StyleParams
+from ..core.sheet import render_sheet
+from ..core.texture import synthesize
 from ..images.codec import EncodedImage, ImageError, encode_image
 from .jobs import Job, JobInputs, JobState
 from .metrics import EngineMetrics
@@ -68,6 +71,8 @@ class StylizerLike(Protocol):
         callback: Callable[[Progress], None] | None = None,
         cancel: Any = None,
     ) -> StyleResult: ...
+
+    def activations(self, image: Image.Image, params: StyleParams) -> dict[str, torch.Tensor]: ...
 
 
 StylizerFactory = Callable[[EngineOptions], StylizerLike]
@@ -114,6 +119,15 @@ class Outcome:
     iterations: int = 0
     optimize_seconds: float = 0.0
     stats: dict[str, Any] | None = None
+
+
+def _painting_name(label: str) -> str:
+    """What the explain sheet calls the painting: the preset's name, or the uploaded file's."""
+    kind, _, name = label.partition(":")
+    if kind == "preset":
+        return name
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return stem[:40] or "your painting"
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -205,6 +219,8 @@ class Worker:
         self.current: Job | None = None
         self.jobs_done = 0
         self._stylizer: StylizerLike | None = None
+        self._explainer: Explainer | None = None
+        """Made on the first explain job; keeps the last few sheets, so a preset's is instant the second time."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nst-worker-{index}")
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -349,10 +365,7 @@ class Worker:
         for attempt in (1, 2):
             out_of_memory = False
             try:
-                result = self._stylizer.stylize(
-                    inputs.content, inputs.styles, params,
-                    style_keys=inputs.style_keys, callback=relay, cancel=job.cancel_event,
-                )
+                result = self._run_kind(job, inputs, params, relay)
                 break
             except Cancelled:
                 return self._cancelled(job)
@@ -392,6 +405,27 @@ class Worker:
         }
         return Outcome(JobState.DONE, result=encoded, iterations=result.iterations, optimize_seconds=optimize,
                        stats=stats)
+
+    def _run_kind(self, job: Job, inputs: JobInputs, params: StyleParams, relay: _ProgressRelay) -> StyleResult:
+        """One attempt at the job, whatever its kind; the result's image is what the client gets."""
+        assert self._stylizer is not None
+        stylizer: Any = self._stylizer  # texture and explain drive it through Stylizer's public methods
+        if job.kind == "texture":
+            return synthesize(stylizer, inputs.styles[0], params, style_key=inputs.style_keys[0],
+                              callback=relay, cancel=job.cancel_event)
+        if job.kind == "explain":
+            if self._explainer is None:
+                self._explainer = Explainer(stylizer)
+            explanation = self._explainer.explain(inputs.styles[0], params, key=inputs.style_keys[0],
+                                                  callback=relay, cancel=job.cancel_event)
+            if explanation.cached:
+                relay._post(job.add_note, "cached", "This painting was explained before; the sheet is from the cache.")
+            sheet = render_sheet(explanation, _painting_name(job.styles[0]))
+            seconds = 0.0 if explanation.cached else explanation.timings["total"]
+            return StyleResult(sheet, {}, {"total": seconds, "optimize": seconds}, 0, 0, [sheet.size], self.device)
+        assert inputs.content is not None
+        return self._stylizer.stylize(inputs.content, inputs.styles, params, style_keys=inputs.style_keys,
+                                      callback=relay, cancel=job.cancel_event)
 
     def _cancelled(self, job: Job) -> Outcome:
         if job.timed_out:

@@ -66,8 +66,8 @@ def test_seam_ratio_by_hand():
 
 def test_a_painting_too_small_is_refused_in_words():
     with pytest.raises(ParamError, match=r"too small \(20x64\).*at least 32 px"):
-        check_painting(Image.new("RGB", (20, 64)))
-    check_painting(Image.new("RGB", (32, 32)))
+        check_painting((20, 64))
+    check_painting((32, 32))
 
 
 def test_texture_matches_the_style_far_better_than_noise(stylizer, style_image):

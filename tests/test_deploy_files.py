@@ -477,6 +477,32 @@ def test_the_engine_image_checks_its_weights_and_fetches_the_presets() -> None:
     assert any("presets/manifest.json" in c for c in copies)
 
 
+def test_the_gpu_stack_asks_for_the_gpu_and_the_cpu_stack_for_the_cpu() -> None:
+    """`auto` would fall back to the CPU without a word; the GPU stack must fail at start instead."""
+    engine_env = _environment(_service("engine"))
+    assert _interpolate(engine_env["ENGINE_DEVICE"], {}) == "cuda", "compose.yaml: ENGINE_DEVICE defaults to cuda"
+    assert _interpolate(engine_env["ENGINE_DEVICE"], {"ENGINE_DEVICE": "cuda:1"}) == "cuda:1"
+    assert Dockerfile.read().env("engine")["ENGINE_DEVICE"] == "cuda", "a plain `docker run --gpus all` too"
+    assert compose("compose.cpu.yaml")["services"]["engine"]["environment"]["ENGINE_DEVICE"] == "cpu"
+
+
+def test_the_engine_image_grows_its_allocator_in_place() -> None:
+    conf = Dockerfile.read().env("engine").get("PYTORCH_ALLOC_CONF", "")
+    assert "expandable_segments:True" in conf.split(","), "every job has a new size: expandable segments"
+
+
+def test_the_engine_image_carries_what_torch_compile_builds_with() -> None:
+    """ENGINE_COMPILE=true: triton compiles a C launcher against Python.h at first use; inductor on the CPU, C++."""
+    chain = Dockerfile.read().chain("engine")
+    runs = [args for kw, args in chain if kw == "RUN"]
+    installs = [r for r in runs if "apt-get install" in r]
+    assert installs and re.search(r"\bg\+\+", installs[0]), "the engine image needs gcc/g++"
+    assert any("Python.h" in r and "gcc" in r and "-shared" in r for r in runs), (
+        "the build should prove a C extension builds against Python's headers")
+    heavy = next(i for i, (kw, args) in enumerate(chain) if kw == "RUN" and "--requirement" in args)
+    assert chain.index(("RUN", installs[0])) < heavy, "the compiler layer goes before the big torch layer"
+
+
 # -- the admin's guide ----------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
@@ -180,6 +181,8 @@ class Stylizer:
                 # Every job has a new size: one graph for all sizes instead of one per size. The graphs of all
                 # devices share one cache (one code object), so each compiled model widens its limit.
                 reserve_compile_entries()
+                # Tracing reads .grad of the input, which in the loop is a non-leaf (a layout copy of the image).
+                warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
                 model = torch.compile(net, dynamic=True)
             self._models[key] = model
         return model

@@ -34,8 +34,8 @@ class DeviceUnavailable(RuntimeError):
     """The requested device does not exist here; the message says which ones do, or why the GPU is not visible."""
 
 
-class CompileUnavailable(RuntimeError):
-    """torch.compile cannot build its kernels here (no C compiler or no Python headers)."""
+class CompileUnavailable(DeviceUnavailable):
+    """torch.compile cannot build its kernels for this device here (no C compiler or no Python headers)."""
 
 
 # -- which devices ---------------------------------------------------------------------------------------------

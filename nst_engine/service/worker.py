@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import gc
 import io
 import logging
@@ -104,8 +105,7 @@ def worker_devices(spec: str) -> list[str]:
             return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         device = str(resolve_device("auto"))
         if torch.version.cuda is not None:
-            log.warning("ENGINE_DEVICE=auto: no GPU is visible (%s); running on %s, which is much slower "
-                        "(set ENGINE_DEVICE=cuda to refuse to start without a GPU)", why_no_cuda(), device)
+            _warn_no_gpu(device)
         return [device]
     if spec == "cuda":
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
@@ -123,6 +123,15 @@ def worker_devices(spec: str) -> list[str]:
     if not devices:
         raise DeviceUnavailable("ENGINE_DEVICE names no device")
     return devices
+
+
+@functools.cache
+def _warn_no_gpu(device: str) -> None:
+    """Once per process: serve.main and the app both resolve the devices."""
+    from ..core.devices import why_no_cuda
+
+    log.warning("ENGINE_DEVICE=auto: no GPU is visible (%s); running on %s, which is much slower "
+                "(set ENGINE_DEVICE=cuda to refuse to start without a GPU)", why_no_cuda(), device)
 
 
 @dataclass

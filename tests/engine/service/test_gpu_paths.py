@@ -54,10 +54,13 @@ def test_cuda_without_a_gpu_is_refused_with_the_reason():
 
 
 @pytest.mark.usefixtures("no_gpu")
-def test_auto_falls_back_to_the_cpu_and_says_why(caplog):
+def test_auto_falls_back_to_the_cpu_and_says_why_once(caplog):
+    worker_module._warn_no_gpu.cache_clear()
     with caplog.at_level(logging.WARNING, logger="nst_engine.service.worker"):
         assert worker_devices("auto") == ["cpu"]
-    assert "no GPU is visible (the NVIDIA driver supports CUDA up to 12.2" in caplog.text
+        assert worker_devices("auto") == ["cpu"]  # serve.main, then the app
+    worker_module._warn_no_gpu.cache_clear()
+    assert caplog.text.count("no GPU is visible (the NVIDIA driver supports CUDA up to 12.2") == 1
     assert "ENGINE_DEVICE=cuda" in caplog.text
 
 

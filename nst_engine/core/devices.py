@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import ctypes
-import logging
 import math
 import shutil
 import sysconfig
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger(__name__)
 
 # bf16 tensor cores arrived with Ampere (compute capability 8.0); Turing and Volta emulate bf16 slowly.
 BF16_MIN_CAPABILITY = (8, 0)
@@ -214,13 +212,15 @@ def reserve_compile_entries() -> int:
     import torch._dynamo
 
     global _compiled_models
-    _compiled_models += 1
-    limit = max(torch._dynamo.config.recompile_limit, COMPILE_ENTRIES_PER_MODEL * _compiled_models)
-    torch._dynamo.config.recompile_limit = limit
+    with _compile_lock:  # workers build their models in their own threads
+        _compiled_models += 1
+        limit = max(torch._dynamo.config.recompile_limit, COMPILE_ENTRIES_PER_MODEL * _compiled_models)
+        torch._dynamo.config.recompile_limit = limit
     return limit
 
 
 _compiled_models = 0
+_compile_lock = threading.Lock()
 
 
 # -- memory --------------------------------------------------------------------------------------------------------

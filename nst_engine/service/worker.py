@@ -29,7 +29,9 @@ from ..core.devices import (
     job_memory_bytes,
     peak_memory,
     reset_peak_memory,
+    resolve_device,
     side_scale_to_fit,
+    why_no_cuda,
 )
 from ..core.optimize import Cancelled, Progress, StyleResult
 from ..core.params import EngineOptions, ParamError, StyleParams
@@ -97,8 +99,6 @@ def worker_devices(spec: str) -> list[str]:
     'auto' may fall back to the CPU (said in the log, with the reason when this PyTorch could use a GPU);
     'cuda' never does: without a visible GPU it raises, saying why the GPU is not visible.
     """
-    from ..core.devices import resolve_device, why_no_cuda
-
     spec = spec.strip().lower()
     if spec == "auto":
         if torch.cuda.is_available() and torch.cuda.device_count() > 0:
@@ -128,8 +128,6 @@ def worker_devices(spec: str) -> list[str]:
 @functools.cache
 def _warn_no_gpu(device: str) -> None:
     """Once per process: serve.main and the app both resolve the devices."""
-    from ..core.devices import why_no_cuda
-
     log.warning("ENGINE_DEVICE=auto: no GPU is visible (%s); running on %s, which is much slower "
                 "(set ENGINE_DEVICE=cuda to refuse to start without a GPU)", why_no_cuda(), device)
 

@@ -92,21 +92,21 @@ class CudaProbe:
             return ("the NVIDIA driver library libcuda.so.1 cannot be loaded: the host has no NVIDIA driver, or the "
                     "container was started without GPU access (check the NVIDIA Container Toolkit with "
                     "`docker run --rm --gpus all debian:bookworm-slim nvidia-smi`)")
-        needed = _cuda_version_number(self.torch_cuda)
-        if self.driver_cuda is not None and needed is not None and self.driver_cuda < needed:
+        needed = _cuda_major(self.torch_cuda)
+        if self.driver_cuda is not None and needed is not None and self.driver_cuda < needed * 1000:
             return (f"the NVIDIA driver supports CUDA up to {_cuda_version_text(self.driver_cuda)} but this "
-                    f"PyTorch needs CUDA {self.torch_cuda}: update the host's NVIDIA driver (R580 or newer)")
+                    f"PyTorch is built for CUDA {self.torch_cuda}: update the host's NVIDIA driver (R580 or newer)")
         if self.init_error is not None:
             return f"the NVIDIA driver cannot start CUDA ({self.init_error})"
         return "the NVIDIA driver is loaded but PyTorch finds no usable GPU (check CUDA_VISIBLE_DEVICES)"
 
 
-def _cuda_version_number(text: str) -> int | None:
+def _cuda_major(text: str) -> int | None:
+    """'13.0' -> 13: a driver for any 13.x runs every 13.y build (CUDA's minor version compatibility)."""
     try:
-        major, minor = (int(part) for part in text.split(".")[:2])
+        return int(text.split(".")[0])
     except ValueError:
         return None
-    return major * 1000 + minor * 10
 
 
 def _cuda_version_text(number: int) -> str:

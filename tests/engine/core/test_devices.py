@@ -55,7 +55,9 @@ def _libcuda_loads() -> bool:
 @pytest.mark.parametrize("probe, expected", [
     (CudaProbe(None), "no CUDA support"),
     (CudaProbe("13.0"), "libcuda.so.1 cannot be loaded"),
-    (CudaProbe("13.0", True, 12020), "supports CUDA up to 12.2 but this PyTorch needs CUDA 13.0"),
+    (CudaProbe("13.0", True, 12020), "supports CUDA up to 12.2 but this PyTorch is built for CUDA 13.0"),
+    (CudaProbe("13.1", True, 13000, "CUDA_ERROR_NO_DEVICE: no CUDA-capable device is detected"),
+     "cannot start CUDA (CUDA_ERROR_NO_DEVICE"),  # 13.0 runs 13.1 builds: the driver is not to blame
     (CudaProbe("13.0", True, 13000, "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: system has unsupported display driver"),
      "cannot start CUDA (CUDA_ERROR_SYSTEM_DRIVER_MISMATCH"),
     (CudaProbe("13.0", True, 13000, None), "finds no usable GPU"),

@@ -183,7 +183,9 @@ class Stylizer:
                 reserve_compile_entries()
                 # Tracing reads .grad of the input, which in the loop is a non-leaf (a layout copy of the image).
                 warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
-                model = torch.compile(net, dynamic=True)
+                # Inductor specialises a convolution's backward to the traced size unless it may pick channels-last
+                # layouts itself (measured on torch 2.14: every new size recompiled the loop's graph); forced on.
+                model = torch.compile(net, dynamic=True, options={"force_layout_optimization": True})
             self._models[key] = model
         return model
 

@@ -13,16 +13,18 @@ import torch
 
 # bf16 tensor cores arrived with Ampere (compute capability 8.0); Turing and Volta emulate bf16 slowly.
 BF16_MIN_CAPABILITY = (8, 0)
-# torch.compile keeps one graph per guard set; per model (so per device) that is no-grad and grad passes,
-# plus, on the CPU, a few size ranges where the convolution backend changes (measured up to 12 on the CPU).
+# torch.compile keeps one graph per guard set; per model (so per device) that is the no-grad and the grad pass,
+# times, on the CPU, the size ranges where its convolution backend changes (measured with inductor: 4 graphs after
+# sizes from 50x75 to 300x200; at most 12 possible). On CUDA no such ranges are expected: 2.
 COMPILE_ENTRIES_PER_MODEL = 16
 
 # Device memory one job needs, measured on the CPU with the same tensors (see docs/self-hosting.md): the
 # activations kept for backward (max-pool indices included), the gradients in flight, L-BFGS's 50-pair history,
 # the best/last images. Per pixel of the output (the finest scale dominates).
 JOB_BYTES_PER_PIXEL = 4096
-# The no-grad style pass (Gram targets) per pixel of the resized style image: two live activations of conv1.
-STYLE_PASS_BYTES_PER_PIXEL = 768
+# The no-grad style pass (Gram targets) per pixel of the resized style image: the tapped activations it returns
+# plus the two live ones of the first block (64 channels of fp32 each).
+STYLE_PASS_BYTES_PER_PIXEL = 1024
 # The truncated VGG19's weights, fp32 (~13 M parameters), and slack for cuDNN workspaces and allocator rounding.
 MODEL_BYTES = 64 * 2**20
 WORKSPACE_BYTES = 256 * 2**20

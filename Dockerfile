@@ -2,8 +2,9 @@
 #
 # Two images from one file (compose.yaml builds both; docs/self-hosting.md explains them):
 #
-#   docker build --target engine -t nst-discord-engine .   the engine: PyTorch (CUDA build, runs on the CPU too),
-#                                                           the VGG19 weights, the default presets; also runs the bot
+#   docker build --target engine -t nst-discord-engine .   the engine: PyTorch (CUDA build; on the CPU with
+#                                                           ENGINE_DEVICE=cpu), the VGG19 weights, the default
+#                                                           presets, a C compiler for ENGINE_COMPILE; also runs the bot
 #   docker build --target bot -t nst-discord-bot .         the bot alone: discord.py, aiohttp, Pillow; no torch
 #
 # The GPU driver is not in the image: the NVIDIA container toolkit mounts the host's driver into the container.

@@ -50,18 +50,19 @@ def colormap(value: float) -> tuple[int, int, int]:
     return tuple(round(a[k] + (b[k] - a[k]) * t) for k in range(3))  # type: ignore[return-value]
 
 
-def contrast(matrix: torch.Tensor) -> torch.Tensor:
-    """Correlations stretched so the weakest pair off the diagonal is 0 and the strongest 1.
+def contrast(matrix: torch.Tensor, low: float = 0.05, high: float = 0.95) -> torch.Tensor:
+    """Correlations stretched so the `low` quantile of the pairs off the diagonal is 0 and the `high` one 1.
 
-    ReLU channels all correlate positively (0.3-0.6 on average), so on an absolute scale every
-    matrix looks alike; stretched, the groups that fire together stand out. The diagonal (each
-    channel with itself) is drawn at full brightness.
+    ReLU channels all correlate positively (0.3-0.6 on average) and a few near-duplicate pairs reach
+    1, so on an absolute scale every matrix looks alike; stretched between quantiles, the groups that
+    fire together stand out. The diagonal (each channel with itself) is drawn at full brightness.
     """
     k = matrix.shape[0]
-    off = ~torch.eye(k, dtype=torch.bool)
     if k < 2:
         return torch.ones_like(matrix)
-    lo, hi = matrix[off].min(), matrix[off].max()
+    off = ~torch.eye(k, dtype=torch.bool)
+    values = matrix[off].double()
+    lo, hi = torch.quantile(values, low).item(), torch.quantile(values, high).item()
     stretched = ((matrix - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.full_like(matrix, 0.5)
     return torch.where(off, stretched, torch.ones_like(matrix))
 

@@ -146,8 +146,15 @@ def test_colormap_and_heatmap_by_hand():
     assert colormap(0.0) == (0, 0, 4) and colormap(1.0) == (252, 253, 191) and colormap(2.0) == colormap(1.0)
     assert colormap(0.5) == (181, 57, 116)  # halfway between the 3rd and 4th anchors
     m = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
-    c = contrast(torch.tensor([[1.0, 0.3, 0.5], [0.3, 1.0, 0.4], [0.5, 0.4, 1.0]]))
+    c = contrast(torch.tensor([[1.0, 0.3, 0.5], [0.3, 1.0, 0.4], [0.5, 0.4, 1.0]]), low=0.0, high=1.0)
     assert torch.allclose(c, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.5], [1.0, 0.5, 1.0]]))
+    # One near-duplicate pair (0.99) does not squeeze the rest: between the 5 % and 95 % quantiles.
+    m20 = torch.full((20, 20), 0.5)
+    m20[torch.arange(20) % 2 == 0] = 0.4
+    m20[0, 1] = m20[1, 0] = 0.99
+    m20.fill_diagonal_(1.0)
+    stretched = contrast(m20)
+    assert stretched[2, 3] == 0.0 and stretched[3, 2] == 1.0 and stretched[0, 1] == 1.0
     image = heatmap_image(m, side=8)
     assert image.size == (8, 8) and image.getpixel((0, 0)) == colormap(1.0) and image.getpixel((7, 0)) == colormap(0.2)
 

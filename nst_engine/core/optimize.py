@@ -230,7 +230,8 @@ class Stylizer:
             # These transforms depend on the content's colours, so they are part of the key.
             stats = content_rgb.mean(dim=(0, 2, 3)).tolist() + content_rgb.std(dim=(0, 2, 3)).tolist()
             colour_tag = (params.color_method, tuple(round(v, 2) for v in stats))
-        cache_key = (key, params.backbone, params.pooling, params.style_layers, size, colour_tag)
+        # Targets come from the network the job runs (a tile's pads circularly), whatever ran before.
+        cache_key = (key, params.backbone, params.pooling, params.tileable, params.style_layers, size, colour_tag)
 
         def compute() -> dict[str, torch.Tensor]:
             s = to_tensor(resize_image(style, size)).to(self._device)

@@ -29,8 +29,9 @@ TEXTURE_STYLE_WEIGHT = 1.0
 # Default side of a texture: large enough for a painting's motifs to repeat, and under a minute on a
 # 2-core CPU (benchmarks/bench_texture.py).
 TEXTURE_SIZE = 256
-# Iterations at the final scale (early stop usually ends sooner).
-TEXTURE_STEPS = 150
+# Iterations at the final scale: 100 keep a 256 px texture near a minute on 2 CPU cores; 150 lower the
+# loss by only another quarter (benchmarks/README.md).
+TEXTURE_STEPS = 100
 # A painting smaller than this has no strokes or motifs to learn from; upscaling it invents none.
 MIN_PAINTING_SIDE = 32
 # The canvas the (zero-weighted) content term sees: mid grey. It only fixes the output's size.

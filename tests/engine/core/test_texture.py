@@ -106,3 +106,17 @@ def test_tileable_texture_has_no_seam(stylizer, style_image):
     tile = synthesize(stylizer, style_image, StyleParams(size=64, scales=2, tileable=True, **FAST)).image
     assert tile.size == (64, 64)
     assert seam_ratio(tile) < 1.5  # the wrap step is like any step inside (a painting's seam: ~2.2)
+
+
+def test_a_tile_takes_its_targets_from_its_own_network(style_image):
+    from nst_engine.core.optimize import Stylizer
+    from nst_engine.core.params import EngineOptions
+
+    fresh = Stylizer(EngineOptions(device="cpu"))
+    tile = StyleParams(size=32, steps=3, seed=0, early_stop=0, tileable=True)
+    alone = synthesize(fresh, style_image, tile).image
+    warmed = Stylizer(EngineOptions(device="cpu"))
+    synthesize(warmed, style_image, StyleParams(size=32, steps=3, seed=0, early_stop=0))  # zero-padded targets
+    after_a_plain_one = synthesize(warmed, style_image, tile).image
+    assert np.array_equal(np.asarray(alone), np.asarray(after_a_plain_one))
+    assert len(warmed.style_cache) == 2

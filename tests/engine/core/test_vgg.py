@@ -140,3 +140,14 @@ def test_circular_padding_sees_the_image_as_a_torus():
     assert not torch.allclose(b, a.roll(shifts=(1, -2), dims=(-2, -1)), rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="padding"):
         build_vgg19(("relu1_1",), padding="reflect")
+
+
+def test_circular_convolution_equals_torchs_circular_padding():
+    conv = vgg.CircularConv2d(3, 8, kernel_size=3)
+    reference = torch.nn.Conv2d(3, 8, kernel_size=3, padding=1, padding_mode="circular")
+    reference.load_state_dict(conv.state_dict())
+    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = conv(x.contiguous(memory_format=layout))
+        assert torch.allclose(out, reference(x), atol=1e-5)
+        assert out.is_contiguous(memory_format=layout)

@@ -4,7 +4,6 @@ Cancel). The life of a job after it is accepted is `bot/runner.py`'s.
 """
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Optional
@@ -21,8 +20,6 @@ from ..options import StyleOptions, parse_options, usage
 
 if TYPE_CHECKING:
     from ..client import StyleBot
-
-log = logging.getLogger(__name__)
 
 SEED_MAX = 2**31 - 1
 HELP = """Turn a photo into a painting in the style of another image, or of a preset.
@@ -81,9 +78,11 @@ class Stylize(commands.Cog):
                       strength: Optional[Strength] = None, size: Optional[app_commands.Range[int, 64, 4096]] = None,
                       keep_colours: Optional[bool] = None,
                       seed: Optional[app_commands.Range[int, 0, SEED_MAX]] = None) -> None:
+        # The gate first (one SQLite read, well within Discord's 3 s), so a slash refusal stays ephemeral;
+        # the images are checked in start(), once they are gathered.
+        admission = await self.bot.gate.admit(Requester.of_context(ctx))
         if ctx.interaction is not None:
-            await ctx.defer()  # within Discord's 3 s; everything below may take longer
-        admission = await self.bot.gate.admit(Requester.of_context(ctx))  # images: checked in start()
+            await ctx.defer()  # everything below may take longer than 3 s
         prefix = self.bot.settings.command_prefix
         opts = parse_options(preset, prefix).merged(strength=strength, size=size, keep_colours=keep_colours, seed=seed)
         refs = await self._referenced_images(ctx) + [attachments.ref_of(a) for a in (content, style) if a]
@@ -225,7 +224,7 @@ class Stylize(commands.Cog):
         names = [n for n, _ in await self.bot.presets.names(interaction.guild_id)][:25]
         if not names:
             raise UserFacingError("There are no presets yet (and the style engine may be offline).")
-        view = PresetPicker(self, message, refs, names, interaction.user.id)
+        view = PresetPicker(self, message, refs, names)
         await interaction.response.send_message("Pick a style for this image:", view=view, ephemeral=True)
 
     async def use_as_style_menu(self, interaction: discord.Interaction[StyleBot], message: discord.Message) -> None:
@@ -247,10 +246,10 @@ class Stylize(commands.Cog):
 class PresetPicker(discord.ui.View):
     """The ephemeral preset menu of "Stylize with…" (short-lived: it need not survive a restart)."""
 
-    def __init__(self, cog: Stylize, message: discord.Message, refs: list[attachments.ImageRef], names: list[str],
-                 user_id: int) -> None:
+    def __init__(self, cog: Stylize, message: discord.Message, refs: list[attachments.ImageRef],
+                 names: list[str]) -> None:
         super().__init__(timeout=300)
-        self.cog, self.message, self.refs, self.user_id = cog, message, refs, user_id
+        self.cog, self.message, self.refs = cog, message, refs
         self.pick.options = [discord.SelectOption(label=n, value=n) for n in names]
 
     @discord.ui.select(placeholder="Choose a preset…", custom_id="nst:pick-preset")

@@ -27,6 +27,21 @@ from .settings import BotSettings, SettingsError, environment
 
 log = logging.getLogger("bot")
 
+# Exit statuses: a setting or a Discord portal switch is wrong (starting again will not help); the embedded
+# engine could not start (its own log lines say why).
+EXIT_MISTAKE, EXIT_ENGINE = 2, 1
+# Waits between tries to reach Discord at start: doubling from the first to the cap.
+DISCORD_RETRY_FIRST_S, DISCORD_RETRY_MAX_S = 2.0, 60.0
+# What "Discord cannot be reached" looks like at login (later, discord.py's own reconnect loop retries).
+DISCORD_OUTAGES = (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError, discord.GatewayNotFound)
+BAD_TOKEN = ("Discord refused DISCORD_TOKEN: copy the token again from the Developer Portal "
+             "(your application, Bot, Reset Token) into DISCORD_TOKEN, the token alone without 'Bot '")
+NO_INTENT = ("the Message Content intent is off: switch on Message Content Intent in the Developer Portal "
+             "(your application, Bot, Privileged Gateway Intents), then start the bot again")
+NO_ENGINE = ("ENGINE_URLS is empty, so the bot would start its own engine, but the engine (nst_engine, with "
+             "PyTorch) is not installed here: set ENGINE_URLS to your engine's URL, or run the engine image")
+
+
 
 class _RedactToken(logging.Filter):
     """Belt and braces: the token is never logged on purpose, but a library might echo it in an error."""
@@ -44,29 +59,20 @@ class _RedactToken(logging.Filter):
         return True
 
 
+def _not_about_voice(record: logging.LogRecord) -> bool:
+    # discord.py warns at every start that voice libraries are missing; the bot has no voice features.
+    return "voice will NOT be supported" not in record.getMessage()
+
+
 def setup_logging(settings: BotSettings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_RedactToken(settings.discord_token, settings.engine_token))
+    handler.addFilter(_not_about_voice)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
-
-
-# Exit statuses: a setting or a Discord portal switch is wrong (starting again will not help); the embedded
-# engine could not start (its own log lines say why).
-EXIT_MISTAKE, EXIT_ENGINE = 2, 1
-# Waits between tries to reach Discord at start: doubling from the first to the cap.
-DISCORD_RETRY_FIRST_S, DISCORD_RETRY_MAX_S = 2.0, 60.0
-# What "Discord cannot be reached" looks like at login (later, discord.py's own reconnect loop retries).
-DISCORD_OUTAGES = (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError, discord.GatewayNotFound)
-BAD_TOKEN = ("Discord refused DISCORD_TOKEN: copy the token again from the Developer Portal "
-             "(your application, Bot, Reset Token) into DISCORD_TOKEN, the token alone without 'Bot '")
-NO_INTENT = ("the Message Content intent is off: switch on Message Content Intent in the Developer Portal "
-             "(your application, Bot, Privileged Gateway Intents), then start the bot again")
-NO_ENGINE = ("ENGINE_URLS is empty, so the bot would start its own engine, but the engine (nst_engine, with "
-             "PyTorch) is not installed here: set ENGINE_URLS to your engine's URL, or run the engine image")
 
 
 class StartupError(Exception):

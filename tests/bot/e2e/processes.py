@@ -18,7 +18,7 @@ from typing import IO
 REPO = Path(__file__).resolve().parents[3]
 LAUNCHER = Path(__file__).with_name("run_bot.py")
 # Real VGG19 on the CPU at 64 px: long enough that a kill lands while the job runs, short enough for a test.
-JOB_STEPS = 40
+JOB_STEPS = 8
 ENGINE_LIMITS = {"ENGINE_DEVICE": "cpu", "ENGINE_MAX_SIZE": "64", "ENGINE_DEFAULT_SIZE": "64",
                  "ENGINE_MAX_STEPS": "200", "ENGINE_PROGRESS_INTERVAL": "0.2", "ENGINE_LOG_LEVEL": "INFO"}
 READY_LINE = re.compile(r"the embedded engine is ready \(pid (\d+)\)")
@@ -135,18 +135,16 @@ class BotProcess(Process):
         return int(matches[-1])
 
 
-def bot_environ(double, folder: Path, engine_url: str | None = None, engine_token: str | None = None,  # noqa: ANN001
-                **overrides: str) -> dict[str, str]:
-    env = base_environ(
-        DISCORD_TOKEN=double.token, DEV_GUILD_ID=str(double.guild.id), ALLOWED_CDN_HOSTS="127.0.0.1",
-        BOT_DB_PATH=str(folder / "bot.sqlite3"), PROGRESS_EDIT_INTERVAL="0", PREVIEW_INTERVAL="0",
-        USER_COOLDOWN_SECONDS="0", DEFAULT_SIZE="64", MAX_SIZE="64", JOB_STEPS=str(JOB_STEPS),
-        ENGINE_RETRY_MAX_SECONDS="1", LOG_LEVEL="INFO", ENGINE_PRESETS_DIR=str(folder / "presets"),
-        ENGINE_SHUTDOWN_GRACE="60", **ENGINE_LIMITS, **overrides)
-    if engine_url is not None:
-        env["ENGINE_URLS"] = engine_url
-        env["ENGINE_TOKEN"] = engine_token or ""
-    return env
+def bot_environ(double, folder: Path, **overrides: str) -> dict[str, str]:  # noqa: ANN001
+    """The bot's settings for a test: the double, small jobs, quick retries; with no ENGINE_URLS in
+    `overrides` the bot starts its embedded engine with the ENGINE_* limits here."""
+    settings = {
+        "DISCORD_TOKEN": double.token, "DEV_GUILD_ID": str(double.guild.id), "ALLOWED_CDN_HOSTS": "127.0.0.1",
+        "BOT_DB_PATH": str(folder / "bot.sqlite3"), "PROGRESS_EDIT_INTERVAL": "0", "PREVIEW_INTERVAL": "0",
+        "USER_COOLDOWN_SECONDS": "0", "DEFAULT_SIZE": "64", "MAX_SIZE": "64", "JOB_STEPS": str(JOB_STEPS),
+        "ENGINE_RETRY_MAX_SECONDS": "1", "LOG_LEVEL": "INFO", "ENGINE_PRESETS_DIR": str(folder / "presets"),
+        "ENGINE_SHUTDOWN_GRACE": "60", **ENGINE_LIMITS}
+    return base_environ(**{**settings, **overrides})
 
 
 class EngineProcess(Process):

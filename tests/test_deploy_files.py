@@ -231,9 +231,9 @@ def test_compose_has_the_two_services_with_restart_policies() -> None:
     for name, service in services.items():
         assert re.fullmatch(r"always|unless-stopped|on-failure(:\d+)?", service.get("restart", "")), (
             f"{name}: no restart policy")
+        assert service["build"]["target"] == name
     # A start-up mistake (bad token, intent off) exits non-zero: the bot must not restart in a loop for it.
     assert re.fullmatch(r"on-failure:\d+", services["bot"]["restart"])
-        assert service["build"]["target"] == name
 
 
 def test_compose_hands_every_setting_to_the_service_that_reads_it() -> None:

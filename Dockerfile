@@ -88,17 +88,19 @@ ARG PRESETS=download
 COPY presets/ /tmp/presets/
 RUN set -eu; mkdir -p /presets presets; cp /tmp/presets/manifest.json presets/; \
     case "$PRESETS" in \
-      download) python -m nst_engine fetch-presets --manifest presets/manifest.json --dir /presets ;; \
+      download) python -m nst_engine fetch-presets --manifest presets/manifest.json --dir /presets \
+                || { echo "no internet for the presets? build with --build-arg PRESETS=context or PRESETS=none" >&2; \
+                     exit 1; } ;; \
       context) python -c "import shutil, sys; from pathlib import Path; from nst_engine.fetch_presets import load_manifest; \
 names = [e.filename for e in load_manifest(Path('presets/manifest.json'))]; \
 missing = [n for n in names if not (Path('/tmp/presets') / n).is_file()]; \
 sys.exit('PRESETS=context: not in ./presets of the build context: ' + ', '.join(missing)) if missing else None; \
-[shutil.copy(Path('/tmp/presets') / n, '/presets/') for n in names]" \
-               && python -m nst_engine fetch-presets --manifest presets/manifest.json --dir /presets --retries 0 ;; \
+[shutil.copy(Path('/tmp/presets') / n, '/presets/') for n in names]"; \
+               python -m nst_engine fetch-presets --manifest presets/manifest.json --dir /presets --retries 0 ;; \
       none) echo "PRESETS=none: no default presets in this image; the generated styles remain" ;; \
       *) echo "PRESETS must be download, context or none, not '$PRESETS'" >&2; exit 2 ;; \
     esac; \
-    find /presets -maxdepth 1 -type f -exec cp {} presets/ \; ; \
+    find /presets -maxdepth 1 -type f -exec chmod 0644 {} + -exec cp {} presets/ \; ; \
     rm -rf /tmp/presets; chown -R app:app /presets
 
 ENV ENGINE_HOST=0.0.0.0 \

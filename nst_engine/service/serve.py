@@ -16,7 +16,6 @@ import signal
 import sys
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 
 from .settings import EngineSettings, SettingsError
@@ -101,19 +100,18 @@ class QuietAccessLogger(AccessLogger):
         super().log(request, response, time)
 
 
-async def _serve(app: web.Application, settings: EngineSettings,
-                 access_log_class: type[AbstractAccessLogger] = QuietAccessLogger) -> None:
+async def _serve(app: web.Application, settings: EngineSettings) -> None:
     """Serve until SIGTERM/SIGINT; drain while still listening, then close."""
     from .app import drain
 
-    runner = web.AppRunner(app, access_log_class=access_log_class, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the (slow) start-up, so a stop then is clean too
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, access_log_class=QuietAccessLogger, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("stop signal received: draining (new jobs get 503 shutting_down)")
         if await drain(app):

@@ -99,6 +99,8 @@ async def test_sigterm_drains_while_still_answering(tmp_path, samples, engine_to
         output = log_path.read_text()
         assert code == 0, output
         assert "Traceback" not in output
+        assert '"GET /readyz HTTP/1.1" 200' not in output, "health probes are logged at DEBUG, not INFO"
+        assert '"POST /v1/jobs HTTP/1.1" 503' in output  # real traffic still is
         assert re.search(r"shutting down: 0 queued job\(s\) cancelled, 1 running", output), output
     finally:
         if proc.poll() is None:

@@ -192,8 +192,10 @@ class StyleBot(commands.Bot):
             else:
                 log.error("unexpected error in %s", ctx.command, exc_info=original_error(error))
             text = GENERIC_ERROR
+        # A reply, so that in a busy channel the user sees the answer is theirs (slash commands: ephemeral).
+        reference = ctx.message.to_reference(fail_if_not_exists=False) if ctx.interaction is None else None
         try:
-            await ctx.send(text, ephemeral=True)
+            await ctx.send(text, ephemeral=True, reference=reference)
         except discord.HTTPException as exc:
             log.info("could not send an error message: %s", exc)
 

@@ -19,6 +19,7 @@ import sys
 import aiohttp
 import discord
 
+from .backoff import Backoff
 from .client import StyleBot
 from .engine.http import EngineClient
 from .engine.process import EmbeddedEngine, EngineStartError, engine_installed
@@ -142,8 +143,9 @@ async def serve(settings: BotSettings) -> None:
 async def run_bot(settings: BotSettings, session: aiohttp.ClientSession, journal: Journal,
                   engine: EngineClient) -> None:
     """Log in (retrying while Discord is unreachable), then stay connected until the bot is closed."""
-    delay = DISCORD_RETRY_FIRST_S
+    backoff = Backoff(DISCORD_RETRY_FIRST_S, DISCORD_RETRY_MAX_S)
     while True:
+        delay = backoff.next()
         try:
             async with StyleBot(settings, session=session, journal=journal, engine=engine) as bot:
                 try:
@@ -158,7 +160,6 @@ async def run_bot(settings: BotSettings, session: aiohttp.ClientSession, journal
         except discord.PrivilegedIntentsRequired:
             raise StartupError(NO_INTENT) from None
         await asyncio.sleep(delay)
-        delay = min(DISCORD_RETRY_MAX_S, delay * 2)
 
 
 def _reason(exc: BaseException) -> str:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
+from ..backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -130,7 +132,7 @@ class EmbeddedEngine:
     async def _supervise(self, session: aiohttp.ClientSession) -> None:
         """Start the engine again whenever it dies without being asked to, with a growing backoff."""
         loop = asyncio.get_running_loop()
-        delay = self.restart_first
+        backoff = Backoff(self.restart_first, self.restart_max)
         up_since = loop.time()
         while not self._stopping:
             assert self._proc is not None
@@ -138,11 +140,11 @@ class EmbeddedEngine:
             if self._stopping:
                 return
             if loop.time() - up_since >= STABLE_AFTER_S:
-                delay = self.restart_first
+                backoff.reset()
+            delay = backoff.next()
             log.warning("the embedded engine (pid %d) exited with status %s; starting it again in %.0f s",
                         self._proc.pid, status, delay)
             await asyncio.sleep(delay)
-            delay = min(self.restart_max, delay * 2)
             try:
                 await self._launch(session)
             except EngineStartError as exc:

@@ -21,10 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 JOB = r"""
 import json, os, sys, time
 policy, threads, size, iters = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-if policy != "default":
+if policy != "default":  # "default": libgomp's own (spin a while, then sleep); set before torch loads it
     os.environ["OMP_WAIT_POLICY"] = policy
-else:
-    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"  # libgomp's own default spins for a while: make it explicit
 import torch
 if threads:
     torch.set_num_threads(threads)

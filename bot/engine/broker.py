@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import ssl
 import time
 import warnings
@@ -108,7 +109,12 @@ def check_image(data: bytes, what: str, *, max_bytes: int = MAX_UPLOAD_BYTES, ma
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:  # reads the header only: cheap, and no pixels decoded
                 fmt, (width, height) = im.format, im.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+    except Image.DecompressionBombError as exc:  # Pillow's own bomb limit, far above ours; it names the count
+        claimed = re.search(r"Image size \((\d+) pixels\)", str(exc))
+        detail = f"has {int(claimed.group(1)) / 1e6:.0f} megapixels" if claimed else "has too many pixels"
+        raise EngineError(413, "too_many_pixels", f"{subject} {detail}; the limit is {max_pixels / 1e6:g} "
+                                                  "megapixels. Please send a smaller image.") from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise EngineError(415, "not_an_image", f"{subject} is not an image file I can read; please send a "
                                                f"{ALLOWED_FORMATS_TEXT} image.") from None
     if fmt not in ALLOWED_FORMATS:
@@ -264,7 +270,7 @@ class BrokerEngine:
             raise EngineUnavailable(f"submit {key}: {exc!r}") from None
         log.info("job %s published (stream seq %d%s) for requester %s", key, ack.seq,
                  ", a duplicate" if ack.duplicate else "", spec.requester)
-        return Submitted(ENGINE_NAME, key, {"job_id": key, "state": "queued"})
+        return Submitted(ENGINE_NAME, key, {"job_id": key, "state": "queued", "duplicate": bool(ack.duplicate)})
 
     async def final(self, job_id: str) -> dict[str, Any] | None:
         """The job's final event if it ended (KV), else None."""
@@ -282,12 +288,11 @@ class BrokerEngine:
         js = self._need()
         try:
             msg = await js.get_last_msg(STREAM, f"{JOB_SUBJECT}.{job_id}")
-            info = await js.consumer_info(STREAM, CONSUMER)
         except NotFoundError:
             return None
         except (NatsError, TimeoutError) as exc:
             raise EngineUnavailable(f"position of {job_id}: {exc!r}") from None
-        delivered = info.delivered.stream_seq if info.delivered and info.delivered.stream_seq else 0
+        delivered = await self._delivered_seq(js)
         if msg.seq is None or msg.seq <= delivered:
             return None  # handed to a worker already
         ahead, seq = 0, delivered + 1
@@ -300,6 +305,16 @@ class BrokerEngine:
                 break
             ahead, seq = ahead + 1, nxt.seq + 1
         return ahead + 1
+
+    async def _delivered_seq(self, js: JetStreamContext) -> int:
+        """The stream sequence of the last job handed to a worker (0 before any worker connected)."""
+        try:
+            info = await js.consumer_info(STREAM, CONSUMER)
+        except NotFoundError:
+            return 0
+        except (NatsError, TimeoutError) as exc:
+            raise EngineUnavailable(f"queue: {exc!r}") from None
+        return info.delivered.stream_seq if info.delivered and info.delivered.stream_seq else 0
 
     async def workers(self) -> list[dict[str, Any]]:
         """The live workers (each refreshes its KV entry every few seconds)."""

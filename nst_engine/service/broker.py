@@ -228,22 +228,26 @@ class Puller:
             await self.worker.stop()
 
     async def _register(self) -> None:
-        """Keep this worker's entry in KV alive (the bot's !queue and ETA read them)."""
+        """Keep this worker's entry in KV alive (the bot's !queue, ETA and `status` read them)."""
         while True:
-            entry = {
-                "worker": self.name, "host": socket.gethostname(), "device": self.device, "state": self.worker.state,
-                "job_id": self.current_id, "jobs_done": self.worker.jobs_done,
-                "avg_job_s": self.metrics.avg_job_seconds, "at": time.time(),
-            }
-            with contextlib.suppress(NatsError, TimeoutError):
-                await self.broker.workers.put(self.name, json.dumps(entry).encode())
+            await self._announce()
             await asyncio.sleep(WORKER_HEARTBEAT_S)
+
+    async def _announce(self) -> None:
+        entry = {
+            "worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
+            "state": self.worker.state, "job_id": self.current_id, "jobs_done": self.worker.jobs_done,
+            "avg_job_s": self.metrics.avg_job_seconds, "at": time.time(),
+        }
+        with contextlib.suppress(NatsError, TimeoutError):
+            await self.broker.workers.put(self.name, json.dumps(entry).encode())
 
     async def _handle(self, msg: Msg) -> None:
         job_id = msg.subject.rsplit(".", 1)[-1]
         # Before the KV flag is read (see the module docstring): a later cancel message finds the id.
         self.current_id, self.current, self._cancel_requested = job_id, None, False
         heartbeat = asyncio.create_task(self._heartbeat(msg), name=f"nst-heartbeat-{job_id}")
+        await self._announce()
         try:
             await self._process(msg, job_id)
         except Exception:  # a bug around the job: report it, do not lose the worker
@@ -255,6 +259,7 @@ class Puller:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             self.current_id, self.current = None, None
+            await self._announce()
 
     async def _heartbeat(self, msg: Msg) -> None:
         interval = self.settings.broker_ack_wait / 3

@@ -176,3 +176,30 @@ async def wait_until(condition: Callable[[], Any], timeout: float, what: str) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def pid_running(engine: BrokerEngine, job_id: str) -> int | None:
+    """The process id of the worker running `job_id`, from its registry entry."""
+    for worker in await engine.workers():
+        if worker.get("job_id") == job_id:
+            return int(worker["pid"])
+    return None
+
+
+class Follower:
+    """Collects a job's events in the background, so a test can act when one arrives."""
+
+    def __init__(self, engine: BrokerEngine, job_id: str) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(self._run(engine, job_id))
+
+    async def _run(self, engine: BrokerEngine, job_id: str) -> None:
+        async for event in engine.events("nats", job_id):
+            self.events.append(event)
+
+    def seen(self, kind: str, **match: Any) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind and all(e.get(k) == v for k, v in match.items())]
+
+    async def final(self, timeout: float = 60.0) -> dict[str, Any]:
+        await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        return self.events[-1]

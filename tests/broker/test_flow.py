@@ -9,11 +9,10 @@ from PIL import Image
 
 from bot.engine.broker import BrokerEngine
 from bot.errors import EngineError
-from tests.broker.support import follow, png, spec, wait_until  # isort: skip
-
-pytestmark = pytest.mark.asyncio
+from tests.broker.support import follow, spec  # isort: skip
 
 
+@pytest.mark.asyncio
 async def test_one_job_runs_with_the_http_stream_vocabulary(engine: BrokerEngine, workers) -> None:
     workers.start()
     submitted = await engine.submit(spec(steps=5), key="job-a-0")
@@ -28,3 +27,60 @@ async def test_one_job_runs_with_the_http_stream_vocabulary(engine: BrokerEngine
     data = await engine.result("nats", "job-a-0")
     assert Image.open(io.BytesIO(data)).size == (32, 21)
     assert (await engine.status("nats", "job-a-0"))["type"] == "done"  # the final state, from KV
+
+
+@pytest.mark.asyncio
+async def test_twenty_jobs_from_five_users_on_two_workers_fair_and_none_lost(engine: BrokerEngine, workers) -> None:
+    workers.start(FAKE_STEP_S="0.02")
+    workers.start(FAKE_STEP_S="0.02")
+    starts: list[str] = []
+
+    async def user(name: str) -> list[str]:
+        finals = []
+        for k in range(4):  # the bot's rule: one job per user in the engine at a time
+            key = f"{name}-job{k}"
+            await engine.submit(spec(name, steps=8), key=key)
+            async for event in engine.events("nats", key):
+                if event["type"] == "started":
+                    starts.append(name)
+                final = event
+            finals.append(final["type"])
+        return finals
+
+    results = await asyncio.wait_for(asyncio.gather(*(user(f"u{i}") for i in range(5))), 180)
+    assert results == [["done"] * 4] * 5
+    assert sorted(starts) == sorted([f"u{i}" for i in range(5)] * 4)
+    # Round-robin: at every point of the start order, no user is more than two jobs ahead of another.
+    for n in range(1, len(starts) + 1):
+        counts = [starts[:n].count(f"u{i}") for i in range(5)]
+        assert max(counts) - min(counts) <= 2, starts
+    assert (await engine.queue())["queued"] == 0
+
+
+@pytest.mark.asyncio
+async def test_bad_images_are_refused_before_anything_is_uploaded(engine: BrokerEngine) -> None:
+    from tests.engine.conftest import Samples  # isort: skip
+
+    with pytest.raises(EngineError) as err:
+        await engine.submit(spec(content=Samples.text_as_png()), key="bad-0")
+    assert err.value.code == "not_an_image"
+    assert "The content image is not an image file I can read" in err.value.message
+    with pytest.raises(EngineError) as err:
+        await engine.submit(spec(content=Samples.png_header_only(30000, 30000)), key="bad-1")
+    assert err.value.code == "too_many_pixels" and "the limit is 40 megapixels" in err.value.message
+    with pytest.raises(EngineError) as err:
+        await engine.submit(spec(content=b"\0" * (25 * 2**20 + 1)), key="bad-2")
+    assert err.value.code == "file_too_large" and "larger than the 25 MiB limit" in err.value.message
+    files = await engine._js.object_store("nst-files")
+    with pytest.raises(Exception, match="NotFound|NoObjects|not found"):
+        await files.get_info("bad-0/content")
+
+
+def test_the_bot_and_the_engine_name_the_same_things() -> None:
+    from bot.engine import broker as bot_side
+    from nst_engine.service import jetstream as engine_side
+
+    names = ("STREAM", "JOB_SUBJECT", "CONSUMER", "EVENTS_SUBJECT", "CANCEL_SUBJECT", "FILES_BUCKET",
+             "PRESETS_BUCKET", "JOBS_KV", "WORKERS_KV", "DUPLICATE_WINDOW_S", "FILES_TTL_S", "JOBS_TTL_S",
+             "WORKER_TTL_S", "MAX_JOB_MESSAGE_BYTES")
+    assert {n: getattr(bot_side, n) for n in names} == {n: getattr(engine_side, n) for n in names}

@@ -10,10 +10,10 @@ import io
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .engine.events import Progress
 from .jobs import JobParams
 
 # Strength in words. The engine's dial is 0-10 and each step doubles the style's weight; these are the
@@ -26,11 +26,6 @@ DEFAULT_STRENGTH = "balanced"
 BAR_WIDTH = 12
 # Contact sheet: thumbnails of this side, this many per row, and a caption band under each.
 THUMB, COLUMNS, CAPTION = 128, 4, 22
-# Re-encoding steps for results over the upload limit: JPEG qualities, then downscales.
-JPEG_QUALITIES = (92, 85, 75)
-DOWNSCALE = 0.8
-# Leave room for the multipart framing and the message's JSON.
-UPLOAD_MARGIN = 64 * 1024
 
 
 def stronger(level: str) -> str | None:
@@ -86,14 +81,11 @@ def busy_text(mention: str, job_id: str) -> str:
             "is room.")
 
 
-def progress_text(mention: str, job_id: str, event: dict[str, Any]) -> str:
-    total = max(1, int(event.get("total") or 1))
-    iteration = int(event.get("iteration") or 0)
-    fraction = iteration / total
-    scale, scales = event.get("scale"), event.get("num_scales")
-    scale_part = f" · scale {scale}/{scales}" if scale and scales else ""
-    size_part = f" ({event['width']}×{event['height']})" if event.get("width") and event.get("height") else ""
-    eta = relative_time(event.get("eta_s"))
+def progress_text(mention: str, job_id: str, progress: Progress) -> str:
+    fraction = progress.fraction
+    scale_part = f" · scale {progress.scale}/{progress.num_scales}" if progress.scale and progress.num_scales else ""
+    size_part = f" ({progress.width}×{progress.height})" if progress.width and progress.height else ""
+    eta = relative_time(progress.eta_s)
     eta_part = f" · done {eta}" if eta else ""
     return (f"{mention} 🎨 Job `{job_id}` is painting: `{bar(fraction)}` **{fraction:.0%}**"
             f"{scale_part}{size_part}{eta_part}")
@@ -122,26 +114,13 @@ def cancelled_text(mention: str, job_id: str, by: str | None = None) -> str:
 # --- images ---------------------------------------------------------------------------------------------------
 
 
-def fit_to_limit(data: bytes, limit: int) -> tuple[bytes, str]:
-    """(bytes, extension) of the image, re-encoded if needed so it is at most `limit` - UPLOAD_MARGIN bytes:
-    as is if it fits, else JPEG at falling quality, then smaller and smaller."""
-    budget = max(1024, limit - min(UPLOAD_MARGIN, limit // 10))
-    with Image.open(io.BytesIO(data)) as im:
-        fmt = (im.format or "PNG").upper()
-        if len(data) <= budget:
-            return data, {"JPEG": ".jpg", "WEBP": ".webp"}.get(fmt, ".png")
-        im.load()
-        rgb = im.convert("RGB")
-    while True:
-        for quality in JPEG_QUALITIES:
-            out = io.BytesIO()
-            rgb.save(out, "JPEG", quality=quality, optimize=True)
-            if out.tell() <= budget:
-                return out.getvalue(), ".jpg"
-        if max(rgb.size) <= 64:
-            return out.getvalue(), ".jpg"
-        rgb = rgb.resize((max(1, int(rgb.width * DOWNSCALE)), max(1, int(rgb.height * DOWNSCALE))),
-                         Image.Resampling.LANCZOS)
+def extension_of(data: bytes) -> str:
+    """The file extension for an encoded result (the engine sends PNG, JPEG or WebP)."""
+    if data.startswith(b"\xff\xd8"):
+        return ".jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return ".png"
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

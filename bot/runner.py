@@ -8,10 +8,8 @@ outlives the token, or the bot process, is still answered in its channel.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import logging
-import random
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,6 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import discord
 
 from . import render
+from .backoff import Backoff
+from .engine.events import Final, FinalState, Preview, Progress, Queued, Started
 from .engine.http import JobSpec
 from .errors import EngineBusy, EngineError, EngineUnavailable, JobLost
 from .jobs import JobRecord, JobState
@@ -38,23 +38,13 @@ FAILOVER_AFTER = 3
 # When Discord still says the file is too large (413, code 40005): try again this many times, each time
 # with this fraction of the bytes that were refused.
 UPLOAD_RETRIES, UPLOAD_SHRINK = 6, 0.6
+# Room left in the upload for the multipart framing and the message's JSON; the smallest budget the
+# engine accepts (docs/engine-api.md, byte_budget).
+UPLOAD_MARGIN, MIN_UPLOAD_BUDGET = 64 * 1024, 64 * 1024
 GENERIC_FAILURE = "something went wrong on my side. Please try again."
 # On shutdown, how long the Discord requests that jobs had in flight may take to finish.
 CLOSE_IO_TIMEOUT_S = 10.0
 T = TypeVar("T")
-
-
-class _Backoff:
-    def __init__(self, start: float, cap: float) -> None:
-        self.start, self.cap, self.current = start, cap, start
-
-    def next(self) -> float:
-        delay = min(self.cap, self.current) * random.uniform(0.8, 1.2)
-        self.current = min(self.cap, self.current * 2)
-        return max(0.05, delay)
-
-    def reset(self) -> None:
-        self.current = self.start
 
 
 class StatusMessage:
@@ -209,7 +199,7 @@ class JobRunner:
             self._delivering.discard(job.id)
 
     async def _drive(self, status: StatusMessage) -> None:
-        backoff = _Backoff(RETRY_START_S, max(RETRY_START_S, self.bot.settings.engine_retry_max_seconds))
+        backoff = Backoff(RETRY_START_S, self.bot.settings.engine_retry_max_seconds)
         unreachable = 0
         while True:
             job = status.job
@@ -222,7 +212,7 @@ class JobRunner:
                     continue
                 except EngineBusy as exc:
                     await status.show(render.busy_text(status.mention, job.id), force=True)
-                    await asyncio.sleep(max(backoff.next(), min(exc.retry_after or 0, backoff.cap)))
+                    await asyncio.sleep(backoff.next(exc.retry_after))
                     continue
                 except EngineError as exc:
                     await self._finish(status, JobState.FAILED, render.failed_text(status.mention, job.id, exc.message),
@@ -255,54 +245,54 @@ class JobRunner:
             if await self._conclude(status, final):
                 return
 
-    async def _follow(self, status: StatusMessage) -> dict[str, Any]:
-        """Follow the engine's event stream, showing position and progress; returns the final event."""
+    async def _follow(self, status: StatusMessage) -> Final:
+        """Follow the engine's events, showing position and progress; returns the final one."""
         job = status.job
         assert job.engine_url and job.engine_job_id
         mention = status.mention
         preview = PREVIEW_SIDE if self.bot.settings.preview_interval > 0 else None
-        last_progress: dict[str, Any] | None = None
+        last_progress: Progress | None = None
+        first_position = True
         async for event in self.bot.engine.events(job.engine_url, job.engine_job_id, preview=preview):
-            kind = event.get("type")
-            if kind == "status" and event.get("state") == "queued":
-                await status.show(render.queued_text(mention, job.id, event.get("position"), event.get("eta_s")),
-                                  force=True)
-            elif kind == "position":
-                await status.show(render.queued_text(mention, job.id, event.get("position"), None))
-            elif kind == "started" or (kind == "status" and event.get("state") == "running"):
-                await status.show(render.started_text(mention, job.id), force=True)
-            elif kind == "progress":
-                last_progress = event
-                await status.show(render.progress_text(mention, job.id, event))
-            elif kind == "preview" and status.preview_due() and event.get("data"):
-                text = render.progress_text(mention, job.id, last_progress) if last_progress else (
-                    render.started_text(mention, job.id))
-                await status.show(text, force=True, preview=base64.b64decode(event["data"]))
-            elif kind in ("done", "failed", "cancelled", "timed_out", "expired"):
-                return event
+            match event:
+                case Queued(position=position, eta_s=eta):
+                    await status.show(render.queued_text(mention, job.id, position, eta), force=first_position)
+                    first_position = False
+                case Started():
+                    await status.show(render.started_text(mention, job.id), force=True)
+                case Progress():
+                    last_progress = event
+                    await status.show(render.progress_text(mention, job.id, event))
+                case Preview(image=image) if status.preview_due():
+                    text = render.progress_text(mention, job.id, last_progress) if last_progress else (
+                        render.started_text(mention, job.id))
+                    await status.show(text, force=True, preview=image)
+                case Final():
+                    return event
         raise EngineUnavailable("the event stream ended without a final event")
 
-    async def _conclude(self, status: StatusMessage, final: dict[str, Any]) -> bool:
+    async def _conclude(self, status: StatusMessage, final: Final) -> bool:
         """Answer the job from its final engine event; False when it must be resubmitted."""
         job = status.job
-        kind = final["type"]
-        error = final.get("error") or {}
-        if kind == "done":
+        if final.state is FinalState.DONE:
             await self._deliver(status, final)
             return True
-        if kind == "expired" or (kind == "cancelled" and error.get("code") == "engine_shutdown"):
-            log.info("job %s ended %s at the engine (%s); resubmitting", job.id, kind, error.get("code"))
-            status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None, engine_job_id=None)
+        if final.state is FinalState.EXPIRED or (
+                final.state is FinalState.CANCELLED and final.error_code == "engine_shutdown"):
+            log.info("job %s ended %s at the engine (%s); resubmitting", job.id, final.state, final.error_code)
+            status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None,
+                                                           engine_job_id=None)
             return False
-        if kind == "cancelled":
+        if final.state is FinalState.CANCELLED:
             await self._finish_cancelled(status)
             return True
-        message = error.get("message") or ("it took too long." if kind == "timed_out" else GENERIC_FAILURE)
+        message = final.error_message or (
+            "it took too long." if final.state is FinalState.TIMED_OUT else GENERIC_FAILURE)
         await self._finish(status, JobState.FAILED, render.failed_text(status.mention, job.id, message),
-                           error=error.get("code", kind))
+                           error=final.error_code or final.state.value)
         return True
 
-    async def _deliver(self, status: StatusMessage, final: dict[str, Any]) -> None:
+    async def _deliver(self, status: StatusMessage, final: Final) -> None:
         job = status.job
         self._delivering.add(job.id)
         assert job.engine_url and job.engine_job_id
@@ -315,24 +305,22 @@ class JobRunner:
                                                                engine_job_id=None)
                 raise JobLost(job.engine_job_id) from None
             raise
-        limit = self.upload_limit(job)
         text = render.done_text(status.mention, job.id, job.params, *(render.image_size(data) or (None, None)),
-                                seconds=final.get("run_s"))
+                                seconds=final.run_s)
         for attempt in range(UPLOAD_RETRIES + 1):
-            payload, ext = await asyncio.to_thread(render.fit_to_limit, data, limit)
             try:
-                await status.final(text, file=discord.File(io.BytesIO(payload), filename=f"stylized-{job.id}{ext}"),
-                                   view=result_view(job))
+                await status.final(text, file=discord.File(io.BytesIO(data), filename=f"stylized-{job.id}"
+                                                           f"{render.extension_of(data)}"), view=result_view(job))
                 break
             except discord.HTTPException as exc:
-                # The channel's real limit is lower than we knew: smaller, and again.
-                if (exc.status == 413 or exc.code == 40005) and attempt < UPLOAD_RETRIES:
-                    limit = int(min(limit, len(payload)) * UPLOAD_SHRINK)
-                    log.info("job %s: the result was too large for the channel; trying %d bytes", job.id, limit)
-                    continue
-                raise
+                # The channel's real limit is lower than we knew: the engine encodes it smaller, and again.
+                if not (exc.status == 413 or exc.code == 40005) or attempt == UPLOAD_RETRIES:
+                    raise
+                budget = max(MIN_UPLOAD_BUDGET, int(len(data) * UPLOAD_SHRINK))
+                log.info("job %s: the result was too large for the channel; asking for %d bytes", job.id, budget)
+                data = await self.bot.engine.result(job.engine_url, job.engine_job_id, max_bytes=budget)
         status.job = await self.bot.journal.update_job(status.job, state=JobState.DONE, error=None)
-        log.info("job %s done (%d bytes)", job.id, len(payload))
+        log.info("job %s done (%d bytes)", job.id, len(data))
 
     async def _finish(self, status: StatusMessage, state: str, text: str, *, error: str | None = None) -> None:
         await status.final(text, view=None)
@@ -350,9 +338,11 @@ class JobRunner:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def upload_limit(self, job: JobRecord) -> int:
+    def upload_budget(self, job: JobRecord) -> int:
+        """Bytes the result may have: the channel's upload limit less room for the message around the file."""
         guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
-        return guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        return max(MIN_UPLOAD_BUDGET, limit - min(UPLOAD_MARGIN, limit // 10))
 
     async def _spec(self, job: JobRecord) -> JobSpec:
         inputs = await self.bot.journal.inputs(job.id)
@@ -364,5 +354,5 @@ class JobRunner:
             requester=str(job.user_id), content=content, content_name=job.content_name, style=style,
             style_name=job.style_name, preset=p.preset, size=p.size, steps=p.steps or self.bot.settings.job_steps,
             strength=render.STRENGTHS.get(p.strength, render.STRENGTHS[render.DEFAULT_STRENGTH]),
-            preserve_colors=p.preserve_colors, seed=p.seed, byte_budget=max(64 * 1024, self.upload_limit(job)),
+            preserve_colors=p.preserve_colors, seed=p.seed, byte_budget=self.upload_budget(job),
         )

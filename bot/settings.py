@@ -22,7 +22,9 @@ DISCORD_CDN_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
 # than this is refused before it is downloaded.
 DEFAULT_MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 # The engine's own range for the output's long side.
-MIN_SIZE, MAX_SIZE_LIMIT = 64, 4096
+# Output sizes (long side, px) anyone may set or ask for: the engine's own range (nst_engine.core.params).
+# MAX_SIZE narrows it for the bot and an admin's max_size per guild narrows it further.
+MIN_SIZE, MAX_SIZE_LIMIT = 16, 4096
 
 # Every variable the bot reads, with a one-line description (docs/bot.md and .env.example say more).
 VARIABLES: dict[str, str] = {
@@ -103,8 +105,8 @@ class BotSettings:
         if self.guild_queue_cap < 1:
             p.append(f"GUILD_QUEUE_CAP must be at least 1, got {self.guild_queue_cap}")
         for name, value in (("DEFAULT_SIZE", self.default_size), ("MAX_SIZE", self.max_size)):
-            if not 16 <= value <= MAX_SIZE_LIMIT:
-                p.append(f"{name} must be between 16 and {MAX_SIZE_LIMIT}, got {value}")
+            if not MIN_SIZE <= value <= MAX_SIZE_LIMIT:
+                p.append(f"{name} must be between {MIN_SIZE} and {MAX_SIZE_LIMIT}, got {value}")
         if self.default_size > self.max_size:
             p.append(f"DEFAULT_SIZE ({self.default_size}) must not be larger than MAX_SIZE ({self.max_size})")
         if self.job_steps is not None and self.job_steps < 1:

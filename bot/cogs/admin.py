@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from ..errors import UsageError
 from ..jobs import GuildConfig
+from ..settings import MAX_SIZE_LIMIT, MIN_SIZE
 
 if TYPE_CHECKING:
     from ..client import StyleBot
@@ -26,7 +27,7 @@ KEYS: dict[str, tuple[str, type, float, float, str]] = {
     "queued_per_user": ("max_queued_per_user", int, 0, 20, "jobs a user may have waiting besides the running one"),
     "cooldown": ("user_cooldown_seconds", float, 0, 3600, "seconds between two jobs of one user"),
     "queue_cap": ("guild_queue_cap", int, 1, 500, "unfinished jobs on this server"),
-    "max_size": ("max_size", int, 16, 4096, "largest output size in px (never above the bot's own maximum)"),
+    "max_size": ("max_size", int, MIN_SIZE, MAX_SIZE_LIMIT, "largest output size in px (never above the bot's own maximum)"),
 }
 Key = Literal["queued_per_user", "cooldown", "queue_cap", "max_size"]
 

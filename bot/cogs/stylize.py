@@ -19,6 +19,7 @@ from .. import attachments, render
 from ..errors import BadAttachment, NotAllowed, UsageError, UserFacingError
 from ..jobs import JobParams, JobRecord
 from ..options import StyleOptions, parse_options, usage
+from ..settings import MAX_SIZE_LIMIT, MIN_SIZE
 from ..views import running_view
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Stylize(commands.Cog):
     )
     async def stylize(self, ctx: commands.Context[StyleBot], content: Optional[discord.Attachment] = None,
                       style: Optional[discord.Attachment] = None, *, preset: Optional[str] = None,
-                      strength: Optional[Strength] = None, size: Optional[app_commands.Range[int, 64, 4096]] = None,
+                      strength: Optional[Strength] = None, size: Optional[app_commands.Range[int, MIN_SIZE, MAX_SIZE_LIMIT]] = None,
                       keep_colours: Optional[bool] = None,
                       seed: Optional[app_commands.Range[int, 0, SEED_MAX]] = None) -> None:
         if ctx.interaction is not None:

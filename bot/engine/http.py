@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,9 @@ from typing import Any
 
 import aiohttp
 
+from ..backoff import Backoff
 from ..errors import EngineBusy, EngineError, EngineUnavailable, JobLost
+from .events import EngineEvent, Final, Shutdown, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=45)
 # How long a /v1/queue answer is trusted when choosing an engine.
 HEALTH_TTL_S = 2.0
-FINAL_EVENTS = frozenset({"done", "failed", "cancelled", "timed_out", "expired"})
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -103,20 +103,16 @@ class EngineClient:
 
     # -- the low level: one request with retries ---------------------------------------------------------
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(self.max_backoff, retry_after) * random.uniform(1.0, 1.25)
-        return min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.5)
-
     async def _request(self, method: str, url: str, *, form: Callable[[], aiohttp.FormData] | None = None,
                        params: dict[str, str] | None = None, attempts: int | None = None,
                        expect: str = "json") -> Any:
         """JSON (or bytes with expect='bytes') of a 2xx answer; EngineError for other 4xx."""
         attempts = attempts or self.attempts
+        backoff = Backoff(self.backoff, self.max_backoff)
         last: EngineError | None = None
         for attempt in range(attempts):
             if attempt:
-                await asyncio.sleep(self._delay(attempt - 1, last.retry_after if last else None))
+                await asyncio.sleep(backoff.next(last.retry_after if last else None))
             try:
                 async with self.session.request(method, url, data=form() if form else None, params=params,
                                                 headers=self._headers, timeout=REQUEST_TIMEOUT) as resp:
@@ -194,9 +190,9 @@ class EngineClient:
                 raise JobLost(job_id) from None
             raise
 
-    async def events(self, engine: str, job_id: str, *, preview: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The job's NDJSON events until its final one. JobLost if the engine does not know the job;
-        EngineUnavailable if the engine cannot be reached or the stream ends early (the engine stopped)."""
+    async def events(self, engine: str, job_id: str, *, preview: int | None = None) -> AsyncIterator[EngineEvent]:
+        """The job's events, typed, until its `Final` one. JobLost if the engine does not know the job;
+        EngineUnavailable if the engine cannot be reached, is shutting down, or the stream ends early."""
         params = {"preview": str(preview)} if preview else {}
         try:
             async with self.session.get(f"{engine}/v1/jobs/{job_id}/events", params=params, headers=self._headers,
@@ -211,18 +207,21 @@ class EngineClient:
                 async for line in resp.content:
                     if not line.strip():
                         continue
-                    event = json.loads(line)
-                    yield event
-                    if event.get("type") in FINAL_EVENTS:
-                        return
-                    if event.get("type") == "shutdown":
+                    event = parse_event(json.loads(line))
+                    if isinstance(event, Shutdown):
                         raise EngineUnavailable("the engine is shutting down")
+                    if event is not None:
+                        yield event
+                    if isinstance(event, Final):
+                        return
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError, json.JSONDecodeError) as exc:
             raise EngineUnavailable(f"events of {job_id}: {exc!r}") from None
         raise EngineUnavailable(f"the event stream of {job_id} ended early")
 
-    async def result(self, engine: str, job_id: str) -> bytes:
-        return await self._request("GET", f"{engine}/v1/jobs/{job_id}/result", expect="bytes")
+    async def result(self, engine: str, job_id: str, *, max_bytes: int | None = None) -> bytes:
+        """The encoded result; with `max_bytes`, the engine re-encodes it to fit (EngineError 413 if it cannot)."""
+        params = {"max_bytes": str(max_bytes)} if max_bytes else None
+        return await self._request("GET", f"{engine}/v1/jobs/{job_id}/result", params=params, expect="bytes")
 
     async def cancel(self, engine: str, job_id: str) -> dict[str, Any] | None:
         """Cancel a job; None if it already ended or the engine does not know it."""

@@ -14,7 +14,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from PIL import Image
@@ -348,9 +347,8 @@ class Stylizer:
         """Optimise one scale; returns the best evaluated image (in range), its losses, iterations, evaluations.
 
         L-BFGS runs with a strong-Wolfe line search: without one it diverged on the course-normalised
-        cost (equal layer weights) within two iterations. Its first iteration is a step() of its own
-        with a learning rate that makes a sensible first move; the rest is one step(). Progress, the
-        cancel check and the early stop all live in the closure, at iteration boundaries.
+        cost (equal layer weights) within two iterations. Each step() is one iteration; its first
+        iteration gets a learning rate that makes a sensible first move.
         """
         x = x0.detach().clone().requires_grad_(True)
         lbfgs = params.optimizer == "lbfgs"
@@ -360,38 +358,16 @@ class Stylizer:
                 tolerance_grad=1e-12, tolerance_change=1e-12, line_search_fn="strong_wolfe")
         else:
             opt = torch.optim.Adam([x], lr=params.learning_rate)
-        best: dict[str, Any] = {"loss": math.inf, "x": x.detach().clone(), "parts": {}, "evals": 0}
-        last: dict[str, Any] = {}  # the latest evaluation, reused when step() asks for the same point again
-        history: list[float] = []  # best loss at the end of each iteration
-
-        def iteration_done() -> None:
-            history.append(best["loss"])
-            done = len(history)
-            clock.tick(index, done)
-            if callback is not None:
-                parts = {k: v.item() for k, v in best["parts"].items()}
-                snapshot = best["x"]
-                callback(Progress(
-                    scale=index, num_scales=num_scales, iteration=clock.iterations, total=clock.total,
-                    losses={"total": best["loss"], **parts}, elapsed=clock.elapsed(), eta=clock.eta(index, done),
-                    size=size, _render=lambda side, _x=snapshot: render(side, _x),
-                ))
-            if done >= cap:
-                raise _Converged
-            if plateaued(history, params.early_stop):
-                raise _Converged
+        run = _ScaleRun(best_x=x.detach().clone())
 
         def closure() -> torch.Tensor:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            # With L-BFGS, the first evaluation of iteration k+1 means iteration k has ended.
-            if lbfgs and opt.state[x].get("n_iter", 0) > len(history) + 1:
-                iteration_done()
             with torch.no_grad():
+                seen = run.recall(x)
+                if seen is not None:
+                    return seen
                 x.clamp_(0, 255)  # keep pixels in range at every evaluation (projection)
-            if last and torch.equal(x, last["x"]):
-                x.grad = last["grad"].clone()
-                return last["loss"]
             opt.zero_grad(set_to_none=True)
             loss, parts = evaluate(x)
             loss.backward()
@@ -400,14 +376,7 @@ class Stylizer:
                 # so the optimiser's model of the objective does not chase pixels it cannot move.
                 g = x.grad
                 g.masked_fill_(((x <= 0) & (g > 0)) | ((x >= 255) & (g < 0)), 0.0)
-            best["evals"] += 1
-            value = loss.item()  # sync point, once per evaluation
-            if not math.isfinite(value):
-                raise _Diverged
-            evaluated = x.detach().clone()
-            if value < best["loss"]:
-                best.update(loss=value, x=evaluated, parts={k: v.detach() for k, v in parts.items()})
-            last.update(x=evaluated, grad=x.grad.detach().clone(), loss=loss.detach())
+            run.record(x, loss, parts)
             return loss
 
         try:
@@ -418,23 +387,76 @@ class Stylizer:
                 g = x.grad
                 opt.param_groups[0]["lr"] = FIRST_STEP_PIXELS * max(1.0, g.abs().sum().item()) / max(
                     g.abs().max().item(), 1e-12)
+            for done in range(1, cap + 1):
                 opt.step(closure)
-                iteration_done()
-                opt.param_groups[0].update(lr=1.0, max_iter=cap)
-            while True:  # L-BFGS's step() may return early (flat loss, eval cap): go on until a cap or convergence
-                opt.step(closure)
-                iteration_done()
-        except _Converged:
-            pass
+                if lbfgs and done == 1:
+                    opt.param_groups[0]["lr"] = 1.0
+                run.history.append(run.best_loss)
+                clock.tick(index, done)
+                if callback is not None:
+                    losses = run.losses()  # the iteration's one device sync for progress
+                    callback(Progress(
+                        scale=index, num_scales=num_scales, iteration=clock.iterations, total=clock.total,
+                        losses=losses, elapsed=clock.elapsed(), eta=clock.eta(index, done), size=size,
+                        _render=lambda side, _x=run.best_x: render(side, _x),
+                    ))
+                if plateaued(run.history, params.early_stop):
+                    break
         except _Diverged:
-            log.warning("non-finite loss at scale %d after %d iterations; keeping the best image", index, len(history))
-        clock.finish_scale(index, len(history))
-        losses = {"total": best["loss"], **{k: v.item() for k, v in best["parts"].items()}}
-        return best["x"].clamp(0, 255), losses, len(history), best["evals"]
+            log.warning("non-finite loss at scale %d after %d iterations; keeping the best image",
+                        index, len(run.history))
+        clock.finish_scale(index, len(run.history))
+        return run.best_x.clamp(0, 255), run.losses(), len(run.history), run.evaluations
 
 
-class _Converged(Exception):
-    """Internal: the scale reached its iteration cap or stopped improving."""
+@dataclass
+class _ScaleRun:
+    """What one scale's optimisation remembers: the best point so far and the latest evaluations.
+
+    L-BFGS asks again for points its line search already evaluated (at the start of each step(), and
+    when the search settles on an earlier trial point); `recall` answers those without a forward pass.
+    """
+
+    best_x: torch.Tensor
+    best_loss: float = math.inf
+    best_parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    evaluations: int = 0
+    history: list[float] = field(default_factory=list)
+    """Best loss at the end of each iteration."""
+    recent: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    """(x, grad, loss) of the last few evaluations, newest last."""
+
+    RECENT = 4
+
+    def recall(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The loss (and x.grad) of a point evaluated lately; x is compared as the evaluation saw it, in range."""
+        if not self.recent:
+            return None
+        seen_as = x.clamp(0, 255)
+        for seen_x, grad, loss in reversed(self.recent):
+            if torch.equal(seen_as, seen_x):
+                x.grad = grad.clone()
+                return loss
+        return None
+
+    def record(self, x: torch.Tensor, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        self.evaluations += 1
+        value = loss.item()  # sync point, once per evaluation: the line search needs the value anyway
+        if not math.isfinite(value):
+            raise _Diverged
+        evaluated = x.detach().clone()
+        if value < self.best_loss:
+            self.best_loss, self.best_x = value, evaluated
+            self.best_parts = {k: v.detach() for k, v in parts.items()}
+        self.recent = [*self.recent[1 - self.RECENT:], (evaluated, x.grad.detach().clone(), loss.detach())]
+
+    def losses(self) -> dict[str, float]:
+        """The best point's losses as floats: one transfer from the device for all of them."""
+        if not self.best_parts:
+            return {"total": self.best_loss}
+        names = list(self.best_parts)
+        values = torch.stack([self.best_parts[k].float().reshape(()) for k in names]).tolist()
+        return {"total": self.best_loss, **dict(zip(names, values))}
 
 
 class _Diverged(Exception):

@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# The output sizes (long side, px) any job may ask for: below 16 px VGG's deepest layers see nothing;
+# above 4096 px one job would hold tens of GB. Settings narrow this range, never widen it.
+MIN_SIZE, MAX_SIZE = 16, 4096
+
 STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
 
@@ -72,8 +76,8 @@ class StyleParams:
     backbone: Backbone = "caffe"
 
     def __post_init__(self) -> None:
-        if not 16 <= self.size <= 4096:
-            raise ParamError(f"size must be between 16 and 4096 px, got {self.size}")
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ParamError(f"size must be between {MIN_SIZE} and {MAX_SIZE} px, got {self.size}")
         if self.steps < 1:
             raise ParamError(f"steps must be at least 1, got {self.steps}")
         if not STRENGTH_MIN <= self.strength <= STRENGTH_MAX:

@@ -488,3 +488,11 @@ def _encode_once(rgb: Image.Image, alpha: Image.Image | None, fmt: OutputFormat,
         size=rgb.size,
         quality=quality,
     )
+
+
+def reencode(encoded: EncodedImage, byte_budget: int) -> EncodedImage:
+    """Our own output again, fitted to a smaller budget (same rules as `encode_image`)."""
+    with Image.open(io.BytesIO(encoded.data)) as im:
+        im.load()
+        alpha = im.getchannel("A") if "A" in im.getbands() else None
+        return encode_image(im.convert("RGB"), encoded.format, byte_budget=byte_budget, alpha=alpha)

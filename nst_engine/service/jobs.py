@@ -22,11 +22,10 @@ from PIL import Image
 
 from ..core.params import StyleParams
 from ..images.codec import EncodedImage
+from .events import DROPPABLE_EVENTS, Event, EventType
 
 log = logging.getLogger(__name__)
 
-# Events a slow watcher may miss (a newer one of the same kind follows); the others are never dropped.
-_DROPPABLE = frozenset({"progress", "preview", "position", "ping"})
 # Events buffered per watcher before the oldest droppable one is discarded.
 _WATCHER_BUFFER = 64
 
@@ -82,17 +81,17 @@ class Watcher:
 
     def __init__(self, preview_side: int = 0) -> None:
         self.preview_side = preview_side
-        self._events: deque[dict[str, Any]] = deque()
+        self._events: deque[Event] = deque()
         self._ready = asyncio.Event()
         self.closed = False
 
-    def push(self, event: dict[str, Any]) -> None:
+    def push(self, event: Event) -> None:
         if self.closed:
             return
         self._events.append(event)
         if len(self._events) > _WATCHER_BUFFER:
             for i, old in enumerate(self._events):
-                if old["type"] in _DROPPABLE:
+                if old.type in DROPPABLE_EVENTS:
                     del self._events[i]
                     break
         self._ready.set()
@@ -101,7 +100,7 @@ class Watcher:
         self.closed = True
         self._ready.set()
 
-    async def next(self, timeout: float | None = None) -> dict[str, Any] | None:
+    async def next(self, timeout: float | None = None) -> Event | None:
         """The next event; None when closed (and drained) or when `timeout` passed without one."""
         while not self._events:
             if self.closed:
@@ -174,7 +173,7 @@ class Job:
         self.device = device
         self.started_at = time.time()
         self.started_mono = time.monotonic()
-        self.publish({"type": "started", "device": device, "queue_wait_s": self.queue_wait})
+        self.publish(EventType.STARTED, device=device, queue_wait_s=self.queue_wait)
 
     def finish(
         self,
@@ -193,7 +192,7 @@ class Job:
         self.finished_at = time.time()
         self.finished_mono = time.monotonic()
         self.inputs = None  # free the pictures now; the result is all that is needed
-        self.publish({"type": state.value, **self.snapshot()})
+        self.publish(EventType(state.value), **self.snapshot())
         self._close_watchers()
 
     def request_cancel(self, error: dict[str, Any]) -> None:
@@ -206,7 +205,7 @@ class Job:
         self._move(JobState.EXPIRED)
         self.result = None
         self.preview = None
-        self.publish({"type": "expired", **self.snapshot()})
+        self.publish(EventType.EXPIRED, **self.snapshot())
         self._close_watchers()
 
     # -- what happened ----------------------------------------------------------------------------------
@@ -227,27 +226,27 @@ class Job:
     def set_position(self, position: int) -> None:
         if position != self.position:
             self.position = position
-            self.publish({"type": "position", "position": position})
+            self.publish(EventType.POSITION, position=position)
 
     def set_progress(self, progress: dict[str, Any]) -> None:
         if self.state is JobState.RUNNING:
             self.progress = progress
-            self.publish({"type": "progress", **progress})
+            self.publish(EventType.PROGRESS, **progress)
 
     def set_preview(self, data: bytes, size: tuple[int, int], content_type: str, encoded: str) -> None:
         if self.state is not JobState.RUNNING:
             return
         self.preview, self.preview_size = data, size
-        event = {"type": "preview", "width": size[0], "height": size[1], "content_type": content_type,
-                 "data": encoded}
+        event = self._stamp(EventType.PREVIEW, {"width": size[0], "height": size[1], "content_type": content_type,
+                                                "data": encoded})
         for watcher in list(self._watchers):
             if watcher.preview_side:
-                watcher.push(self._stamp(event))
+                watcher.push(event)
 
     def add_note(self, code: str, message: str) -> None:
         note = {"code": code, "message": message}
         self.notes.append(note)
-        self.publish({"type": "notice", **note})
+        self.publish(EventType.NOTICE, **note)
 
     # -- watchers -----------------------------------------------------------------------------------------
 
@@ -269,14 +268,14 @@ class Job:
         # A plain int, so the worker thread can read it without touching the set of watchers.
         self.preview_side = max((w.preview_side for w in self._watchers), default=0)
 
-    def _stamp(self, event: dict[str, Any]) -> dict[str, Any]:
+    def _stamp(self, kind: EventType, data: dict[str, Any]) -> Event:
         self.seq += 1
-        return {**event, "job_id": self.id, "seq": self.seq}
+        return Event(kind, self.id, self.seq, data)
 
-    def publish(self, event: dict[str, Any]) -> None:
-        stamped = self._stamp(event)
+    def publish(self, kind: EventType, **data: Any) -> None:
+        event = self._stamp(kind, data)
         for watcher in list(self._watchers):
-            watcher.push(stamped)
+            watcher.push(event)
 
     def _close_watchers(self) -> None:
         for watcher in list(self._watchers):
@@ -373,5 +372,5 @@ class JobStore:
         """Shutdown: end every open event stream with a final 'shutdown' event."""
         for job in list(self._jobs.values()):
             for watcher in list(job._watchers):
-                watcher.push({"type": "shutdown", "job_id": job.id, "state": job.state.value})
+                watcher.push(Event(EventType.SHUTDOWN, job.id, job.seq, {"state": job.state.value}))
             job._close_watchers()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..core.params import StyleParams
+from ..core.params import MAX_SIZE, MIN_SIZE, StyleParams
 from ..images.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 T = TypeVar("T")
@@ -127,8 +127,8 @@ class EngineSettings:
         }
         p += [f"{name} must not be negative, got {value}" for name, value in non_negative.items() if not value >= 0]
         for name, value in (("ENGINE_MAX_SIZE", self.max_size), ("ENGINE_DEFAULT_SIZE", self.default_size)):
-            if not 16 <= value <= 4096:
-                p.append(f"{name} must be between 16 and 4096, got {value}")
+            if not MIN_SIZE <= value <= MAX_SIZE:
+                p.append(f"{name} must be between {MIN_SIZE} and {MAX_SIZE}, got {value}")
         if self.log_level.upper() not in LOG_LEVELS:
             p.append(f"ENGINE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not self.device.strip():

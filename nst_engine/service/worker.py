@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import gc
 import io
 import logging
@@ -40,6 +41,15 @@ MIN_SIZE = 16
 # Previews are small JPEGs sent inline (base64) in the event stream.
 PREVIEW_QUALITY = 80
 MAX_PREVIEW_SIDE = 512
+
+
+class WorkerState(enum.StrEnum):
+    """starting -> ready | broken (could not load the model); stopped at shutdown."""
+
+    STARTING = "starting"
+    READY = "ready"
+    BROKEN = "broken"
+    STOPPED = "stopped"
 
 
 class StylizerLike(Protocol):
@@ -190,7 +200,7 @@ class Worker:
         self.queue = queue
         self.metrics = metrics
         self.factory = factory
-        self.state = "starting"  # starting -> ready | broken; stopped at shutdown
+        self.state = WorkerState.STARTING
         self.error: str | None = None
         self.current: Job | None = None
         self.jobs_done = 0
@@ -202,13 +212,13 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.state is WorkerState.READY
 
     def describe(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "device": self.device,
-            "state": self.state,
+            "state": self.state.value,
             "error": self.error,
             "job_id": self.current.id if self.current else None,
             "jobs_done": self.jobs_done,
@@ -224,7 +234,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self.state = "stopped"
+        self.state = WorkerState.STOPPED
         await asyncio.to_thread(self._executor.shutdown, wait=True)  # the thread may still be finishing a step
 
     async def wait_idle(self, timeout: float | None) -> bool:
@@ -247,11 +257,11 @@ class Worker:
         try:
             self._stylizer = await loop.run_in_executor(self._executor, self._load)
         except Exception as exc:  # a worker that cannot load reports it through /readyz instead of dying silently
-            self.state = "broken"
+            self.state = WorkerState.BROKEN
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("worker %d cannot start on %s", self.index, self.device)
             return
-        self.state = "ready"
+        self.state = WorkerState.READY
         log.info("worker %d ready on %s", self.index, self.device)
         while True:
             job = await self.queue.get()

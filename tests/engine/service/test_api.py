@@ -101,6 +101,24 @@ async def test_byte_budget_falls_back_to_lossy(start_engine, samples):
     assert final["result"]["width"] >= 128
 
 
+async def test_result_re_encoded_to_a_smaller_budget_on_request(start_engine, samples):
+    engine = await start_engine(max_size=512)
+    noise = Image.fromarray(np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    body = await engine.submit_ok(samples.encode(noise, "PNG"), [samples.png()], size=256)
+    final = await engine.wait(body["job_id"])
+    url = final["result"]["url"]
+    assert final["result"]["format"] == "png" and final["result"]["bytes"] > 100_000
+    async with engine.client.get(url, params={"max_bytes": "100000"}, headers=engine.auth) as resp:
+        smaller = await resp.read()
+        assert resp.status == 200 and resp.content_type == "image/jpeg"
+        assert len(smaller) <= 100_000 and int(resp.headers["X-Image-Width"]) >= 128
+    async with engine.client.get(url, params={"max_bytes": str(10**9)}, headers=engine.auth) as resp:
+        assert resp.content_type == "image/png" and len(await resp.read()) == final["result"]["bytes"]
+    for bad in ("10", "lots"):
+        async with engine.client.get(url, params={"max_bytes": bad}, headers=engine.auth) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_parameter"
+
+
 async def test_previews_on_request(start_engine, samples):
     engine = await start_engine()
     engine.fake.hold = True

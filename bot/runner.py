@@ -18,7 +18,7 @@ import discord
 
 from . import render
 from .backoff import Backoff
-from .engine.events import Final, FinalState, Preview, Progress, Queued, Started
+from .engine.events import Final, FinalState, Notice, Preview, Progress, Queued, Started
 from .engine.http import JobSpec
 from .errors import EngineBusy, EngineError, EngineUnavailable, JobLost
 from .jobs import JobRecord, JobState
@@ -41,6 +41,8 @@ UPLOAD_RETRIES, UPLOAD_SHRINK = 6, 0.6
 # Room left in the upload for the multipart framing and the message's JSON; the smallest budget the
 # engine accepts (docs/engine-api.md, byte_budget).
 UPLOAD_MARGIN, MIN_UPLOAD_BUDGET = 64 * 1024, 64 * 1024
+# Engine notices the user sees as they happen (the others, such as a capped size, are in the final state).
+USER_NOTICES = frozenset({"worker_lost", "worker_restarted", "oom_retry"})
 GENERIC_FAILURE = "something went wrong on my side. Please try again."
 # On shutdown, how long the Discord requests that jobs had in flight may take to finish.
 CLOSE_IO_TIMEOUT_S = 10.0
@@ -267,6 +269,8 @@ class JobRunner:
                     text = render.progress_text(mention, job.id, last_progress) if last_progress else (
                         render.started_text(mention, job.id))
                     await status.show(text, force=True, preview=image)
+                case Notice(message=message) if event.code in USER_NOTICES:
+                    await status.show(render.notice_text(mention, job.id, message), force=True)
                 case Final():
                     return event
         raise EngineUnavailable("the event stream ended without a final event")
@@ -355,4 +359,5 @@ class JobRunner:
             style_name=job.style_name, preset=p.preset, size=p.size, steps=p.steps or self.bot.settings.job_steps,
             strength=render.STRENGTHS.get(p.strength, render.STRENGTHS[render.DEFAULT_STRENGTH]),
             preserve_colors=p.preserve_colors, seed=p.seed, byte_budget=self.upload_budget(job),
+            key=f"{job.id}-{job.attempts}",
         )

@@ -41,7 +41,8 @@ from nats.js.errors import (
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import EngineError, EngineUnavailable, JobLost
-from .http import FINAL_EVENTS, JobSpec, Submitted
+from .events import EngineEvent, FinalState, parse_event
+from .http import JobSpec, Submitted
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ WORKER_TTL_S = 15.0
 MAX_JOB_MESSAGE_BYTES = 64 * 1024
 
 ENGINE_NAME = "nats"
+FINAL_EVENTS = frozenset(state.value for state in FinalState)
 CONNECT_TIMEOUT_S = 5.0
 # While following a job: how often the connection, the KV final state and the queue position are checked.
 POLL_S = 2.0
@@ -241,10 +243,11 @@ class BrokerEngine:
 
     # -- jobs -----------------------------------------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, *, key: str | None = None) -> Submitted:
-        """Upload the images, then publish the job. `key` (the journal's job id and attempt) names the job at the
-        broker; the same key again within a day is dropped by the broker as a duplicate."""
-        if key is None:
+    async def submit(self, spec: JobSpec) -> Submitted:
+        """Upload the images, then publish the job. `spec.key` (the journal's job id and attempt) names the job at
+        the broker; the same key again within a day is dropped by the broker as a duplicate."""
+        key = spec.key
+        if not key:
             raise ValueError("a broker job needs a key (the bot's job id)")
         check_image(spec.content, "content image")
         if spec.style is not None:
@@ -365,10 +368,18 @@ class BrokerEngine:
         # Not queued, not running, not finished: between a worker's fetch and its first heartbeat, or lost.
         return {"job_id": job_id, "state": "unknown"}
 
-    async def events(self, engine: str, job_id: str, *, preview: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """A 'status' event, then the job's events until its final one (from the subject or, if that was missed,
-        from KV). EngineUnavailable when the broker connection is lost; JobLost if the broker has never heard
-        of the job."""
+    async def events(self, engine: str, job_id: str, *, preview: int | None = None) -> AsyncIterator[EngineEvent]:
+        """The job's events, typed, until its `Final` one (see `wire_events`). `preview` is ignored: previews are
+        asked for when the job is published (`preview_side`)."""
+        async for raw in self.wire_events(job_id):
+            event = parse_event(raw)
+            if event is not None:
+                yield event
+
+    async def wire_events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """A 'status' event, then the job's wire events until its final one (from the subject or, if that was
+        missed, from KV). EngineUnavailable when the broker connection is lost; JobLost if the job is neither
+        queued, running nor finished for longer than a worker's heartbeat could explain."""
         self._need()
         assert self._nc is not None
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -383,7 +394,7 @@ class BrokerEngine:
         except (NatsError, TimeoutError) as exc:
             raise EngineUnavailable(f"events of {job_id}: {exc!r}") from None
         try:
-            status = await self.status(engine, job_id)
+            status = await self.status(ENGINE_NAME, job_id)
             yield {"type": "status", **status}
             if status["state"] in FINAL_EVENTS:
                 yield status
@@ -416,14 +427,16 @@ class BrokerEngine:
                     elif now is None:
                         position = None
                 if unknown_since is not None and time.monotonic() - unknown_since > 3 * WORKER_TTL_S:
-                    if (await self.status(engine, job_id))["state"] == "unknown":
+                    if (await self.status(ENGINE_NAME, job_id))["state"] == "unknown":
                         raise JobLost(job_id)
                     unknown_since = None
         finally:
             with contextlib.suppress(NatsError, TimeoutError):
                 await sub.unsubscribe()
 
-    async def result(self, engine: str, job_id: str) -> bytes:
+    async def result(self, engine: str, job_id: str, *, max_bytes: int | None = None) -> bytes:
+        """The result the worker encoded to the job's byte budget. A smaller `max_bytes` cannot be met here (the
+        workers encode; the bot does not): EngineError 413."""
         self._need()
         try:
             result = await self._files.get(f"{job_id}/result")
@@ -431,7 +444,10 @@ class BrokerEngine:
             raise EngineError(410, "result_expired", "This result has expired; please run the job again.") from None
         except (NatsError, TimeoutError) as exc:
             raise EngineUnavailable(f"result of {job_id}: {exc!r}") from None
-        return result.data or b""
+        data = result.data or b""
+        if max_bytes is not None and len(data) > max_bytes:
+            raise EngineError(413, "result_too_large", "The picture is too large for this channel.")
+        return data
 
     async def cancel(self, engine: str, job_id: str) -> dict[str, Any] | None:
         """Cancel: a KV flag (read by a worker at pick-up), a message to the running worker, and deletion of the

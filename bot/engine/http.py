@@ -51,6 +51,8 @@ class JobSpec:
     preserve_colors: bool = False
     seed: int | None = None
     byte_budget: int | None = None
+    key: str | None = None
+    """The bot's name for this submission (job id and attempt): the broker de-duplicates on it."""
 
     def form(self) -> aiohttp.FormData:
         form = aiohttp.FormData()

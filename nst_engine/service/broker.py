@@ -43,7 +43,9 @@ from ..core.params import ParamError
 from ..core.schedule import scale_sizes
 from ..images.codec import ImageError, decode_image, encode_image
 from ..images.presets import PresetError, PresetLibrary, UnknownPreset, normalize_name
-from .handlers import _MARGIN, _MIN_STYLE_SIDE, _decode_shrunk, _Form, _job_request
+from .events import FINAL_EVENTS, Event
+from .forms import JOB_FIELDS, Form, Upload, job_request
+from .handlers import _MARGIN, _MIN_STYLE_SIDE, _decode_shrunk
 from .jetstream import (
     CONSUMER,
     FILES_BUCKET,
@@ -60,12 +62,12 @@ from .jetstream import (
     ensure_layout,
     events_subject,
 )
-from .jobs import FINISHED, Job, JobInputs, JobState
+from .jobs import Job, JobInputs, JobState, Watcher
 from .metrics import EngineMetrics
 from .middlewares import ApiError
 from .queue import FairQueue
 from .settings import EngineSettings, SettingsError
-from .worker import StylizerFactory, Worker, default_stylizer_factory, worker_devices
+from .worker import StylizerFactory, Worker, WorkerState, default_stylizer_factory, worker_devices
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,8 @@ FETCH_WAIT_S = 2.0
 FETCH_BACKOFF_S = 1.0
 # Largest preview side a job may ask for (the HTTP stream's limit).
 MAX_PREVIEW_SIDE = 512
-# Text fields a job message may carry (the HTTP form's fields, minus the files).
-_FIELDS = frozenset({"size", "steps", "strength", "preserve_colors", "color_method", "seed", "style_scale",
-                     "style_blend", "format", "byte_budget", "requester"})
+# Text fields a job message may carry: the HTTP form's, minus the files and presets (those are in `styles`).
+_FIELDS = JOB_FIELDS - {"content", "style", "preset"}
 _CANCELLED = {"code": "cancelled", "message": "The job was cancelled."}
 _RELEASED = {"code": "released", "message": "The GPU worker is stopping; the job goes to another worker."}
 _INTERNAL = {"code": "internal_error", "message": "Something went wrong in the engine."}
@@ -197,7 +198,7 @@ class Puller:
 
     async def run(self) -> None:
         self.worker.start()
-        while self.worker.state == "starting":
+        while self.worker.state is WorkerState.STARTING:
             await asyncio.sleep(0.05)
         if not self.worker.ready:
             raise BrokerError(f"the worker on {self.device} cannot start: {self.worker.error}")
@@ -236,7 +237,7 @@ class Puller:
     async def _announce(self) -> None:
         entry = {
             "worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
-            "state": self.worker.state, "job_id": self.current_id, "jobs_done": self.worker.jobs_done,
+            "state": self.worker.state.value, "job_id": self.current_id, "jobs_done": self.worker.jobs_done,
             "avg_job_s": self.metrics.avg_job_seconds, "at": time.time(),
         }
         with contextlib.suppress(NatsError, TimeoutError):
@@ -307,25 +308,26 @@ class Puller:
         self.queue.put(job)
         await self._relay(msg, job, watcher)
 
-    async def _relay(self, msg: Msg, job: Job, watcher: Any) -> None:
+    async def _relay(self, msg: Msg, job: Job, watcher: Watcher) -> None:
         """Forward the job's events until its final one, then finish (or give the job back)."""
-        final: dict[str, Any] | None = None
+        final: Event | None = None
         while (event := await watcher.next()) is not None:
-            if event["type"] in FINISHED:
+            if event.type in FINAL_EVENTS:
                 final = event
                 break
-            await self.broker.publish(job.id, event)
+            await self.broker.publish(job.id, event.wire())
         job.unwatch(watcher)
-        event = final or _final(job.id, "failed", dict(_INTERNAL))  # no final event: cannot happen, but be safe
         if job.state is JobState.CANCELLED and (job.cancel_error or {}).get("code") == _RELEASED["code"]:
             await self._release(msg, job)
             return
+        wire = final.wire() if final is not None else _final(job.id, "failed", _INTERNAL)  # no final: be safe
         if job.result is not None:
             key = f"{job.id}/result"
             result = job.result.data
             await self._persist(lambda: self.broker.files.put(key, result))
-            event["result"] = {k: v for k, v in event["result"].items() if k != "url"} | {"key": key}
-        await self._finish(msg, job.id, event, term=job.state is not JobState.DONE)
+            # The bot fetches the result from the object store, not from an engine URL.
+            wire["result"] = {k: v for k, v in wire["result"].items() if k != "url"} | {"key": key}
+        await self._finish(msg, job.id, wire, term=job.state is not JobState.DONE)
 
     async def _release(self, msg: Msg, job: Job) -> None:
         log.info("job %s released by %s (stopping)", job.id, self.name)
@@ -358,45 +360,45 @@ class Puller:
     # -- inputs -------------------------------------------------------------------------------------------------
 
     async def _build(self, m: JobMessage) -> Job:
+        """Download and decode the inputs, validated exactly as the HTTP form is (forms.job_request)."""
         s = self.settings
-        if not m.styles:
-            raise BadJob("missing_style", "Send at least one style image or the name of a preset.")
-        if len(m.styles) > s.max_styles:
+        if len(m.styles) > s.max_styles:  # before downloading anything
             raise BadJob("too_many_styles", f"Send at most {s.max_styles} styles.")
+        uploads = [st for st in m.styles if "key" in st]
+        form = Form(
+            files={"content": [Upload("content", await self._download(m.content, "content image"))],
+                   "style": [Upload(st.get("name"), await self._download(st["key"], "style image"))
+                             for st in uploads]},
+            fields={**{k: [v] for k, v in m.fields.items()},
+                    "preset": [st.get("preset", "") for st in m.styles if "key" not in st]},
+        )
         try:
-            req = _job_request(_Form(fields={k: [v] for k, v in m.fields.items()}), s, len(m.styles))
+            req = job_request(form, s)
+            content, content_size = await asyncio.to_thread(
+                _decode_shrunk, req.content.data, s.max_pixels, "content image", _MARGIN * req.params.size)
+            scale_sizes(*content.rgb.size, req.params.size, req.params.scales)  # too thin: fail now
         except ApiError as exc:
             raise BadJob(exc.code, exc.message) from None
-        except ParamError as exc:
-            raise BadJob("invalid_parameter", str(exc)) from None
-        data = await self._download(m.content, "content image")
-        try:
-            content, content_size = await asyncio.to_thread(
-                _decode_shrunk, data, s.max_pixels, "content image", _MARGIN * req.params.size)
-            scale_sizes(*content.rgb.size, req.params.size, req.params.scales)
         except ImageError as exc:
             raise BadJob(exc.code, exc.message) from None
         except ParamError as exc:
             raise BadJob("invalid_parameter", str(exc)) from None
         styles, keys, labels = [], [], []
         side = max(_MIN_STYLE_SIDE, math.ceil(_MARGIN * req.params.size * req.params.style_scale))
-        uploads = [st for st in m.styles if "key" in st]
-        for i, style in enumerate(m.styles):
-            if "key" in style:
-                name = "style image" if len(uploads) == 1 else f"style image {i + 1}"
-                data = await self._download(style["key"], name)
-                try:
-                    decoded, _ = await asyncio.to_thread(_decode_shrunk, data, s.max_pixels, name, side)
-                except ImageError as exc:
-                    raise BadJob(exc.code, exc.message) from None
-                styles.append(decoded.rgb)
-                keys.append(None)
-                labels.append(f"upload:{style.get('name') or name}")
-            else:
-                image, key = await self._preset(style.get("preset", ""))
-                styles.append(image)
-                keys.append(key)
-                labels.append(f"preset:{style.get('preset', '').casefold()}")
+        for i, upload in enumerate(req.style_uploads):
+            name = "style image" if len(req.style_uploads) == 1 else f"style image {i + 1}"
+            try:
+                decoded, _ = await asyncio.to_thread(_decode_shrunk, upload.data, s.max_pixels, name, side)
+            except ImageError as exc:
+                raise BadJob(exc.code, exc.message) from None
+            styles.append(decoded.rgb)
+            keys.append(None)
+            labels.append(f"upload:{upload.filename or name}")
+        for preset in req.presets:
+            image, key = await self._preset(preset)
+            styles.append(image)
+            keys.append(key)
+            labels.append(f"preset:{preset.casefold()}")
         job = Job(requester=req.requester, params=req.params, output_format=req.output_format,
                   byte_budget=req.byte_budget, inputs=JobInputs(content.rgb, content.alpha, styles, keys),
                   styles=labels, content_size=content_size, id=m.job_id)

@@ -145,11 +145,11 @@ def png(colour: tuple[int, int, int] = (40, 120, 200), size: tuple[int, int] = (
     return buf.getvalue()
 
 
-def spec(requester: str = "user-1", *, steps: int = 3, size: int = 32, content: bytes | None = None,
+def spec(requester: str = "user-1", *, key: str, steps: int = 3, size: int = 32, content: bytes | None = None,
          preset: str | None = None) -> JobSpec:
     return JobSpec(requester=requester, content=content or png(), content_name="photo.png",
                    style=None if preset else png((200, 40, 40)), style_name="style.png", preset=preset, size=size,
-                   steps=steps)
+                   steps=steps, key=key)
 
 
 async def follow(engine: BrokerEngine, job_id: str, timeout: float = 60.0) -> list[dict[str, Any]]:
@@ -157,7 +157,7 @@ async def follow(engine: BrokerEngine, job_id: str, timeout: float = 60.0) -> li
     events: list[dict[str, Any]] = []
 
     async def collect() -> None:
-        async for event in engine.events("nats", job_id):
+        async for event in engine.wire_events(job_id):
             events.append(event)
 
     await asyncio.wait_for(collect(), timeout)
@@ -194,7 +194,7 @@ class Follower:
         self.task = asyncio.create_task(self._run(engine, job_id))
 
     async def _run(self, engine: BrokerEngine, job_id: str) -> None:
-        async for event in engine.events("nats", job_id):
+        async for event in engine.wire_events(job_id):
             self.events.append(event)
 
     def seen(self, kind: str, **match: Any) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.asyncio
 async def test_a_worker_killed_mid_job_hands_it_to_another(engine: BrokerEngine, workers) -> None:
     workers.start(FAKE_STEP_S="0.05")
     workers.start(FAKE_STEP_S="0.05")
-    await engine.submit(spec(steps=200), key="victim-0")
+    await engine.submit(spec(steps=200, key="victim-0"))
     follower = Follower(engine, "victim-0")
     await wait_until(lambda: follower.seen("progress"), 60, "the job to make progress")
     pid = await wait_until(lambda: pid_running(engine, "victim-0"), 30, "the worker running the job")
@@ -42,7 +42,7 @@ async def test_a_worker_killed_mid_job_hands_it_to_another(engine: BrokerEngine,
 async def test_sigterm_releases_the_job_at_once(engine: BrokerEngine, workers) -> None:
     # A long AckWait: the job can only move on quickly if the stopping worker gives it back.
     first = workers.start(FAKE_STEP_S="0.05", ENGINE_BROKER_ACK_WAIT="60")
-    await engine.submit(spec(steps=200), key="released-0")
+    await engine.submit(spec(steps=200, key="released-0"))
     follower = Follower(engine, "released-0")
     await wait_until(lambda: follower.seen("progress"), 60, "the job to make progress")
     second = workers.start(FAKE_STEP_S="0.01", ENGINE_BROKER_ACK_WAIT="60")
@@ -64,11 +64,11 @@ async def _count_workers(engine: BrokerEngine, n: int) -> bool:
 
 async def test_queued_jobs_survive_a_broker_crash(nats_server, engine: BrokerEngine, workers) -> None:
     for i in range(3):
-        await engine.submit(spec(f"user-{i}"), key=f"survivor-{i}")
+        await engine.submit(spec(f"user-{i}", key=f"survivor-{i}"))
     nats_server.kill()  # kill -9, with the jobs in its store and no worker yet
     await wait_until(lambda: not engine.connected, 30, "the bot to notice")
     with pytest.raises(EngineUnavailable):
-        await engine.submit(spec("user-9"), key="while-down-0")
+        await engine.submit(spec("user-9", key="while-down-0"))
     nats_server.start()  # same port, same store
     await wait_until(lambda: engine.connected, 60, "the bot to reconnect by itself")
     workers.start()
@@ -78,7 +78,7 @@ async def test_queued_jobs_survive_a_broker_crash(nats_server, engine: BrokerEng
 
 async def test_a_restarted_bot_reattaches_through_kv_and_nothing_runs_twice(nats_server, engine, workers) -> None:
     workers.start(FAKE_STEP_S="0.03")
-    first = await engine.submit(spec(steps=40), key="reattach-0")
+    first = await engine.submit(spec(steps=40, key="reattach-0"))
     follower = Follower(engine, "reattach-0")
     await wait_until(lambda: follower.seen("progress"), 60, "the job to start")
     follower.task.cancel()
@@ -88,7 +88,7 @@ async def test_a_restarted_bot_reattaches_through_kv_and_nothing_runs_twice(nats
     await again.start()
     try:
         # A bot that died before journaling the submit sends it again: the broker drops the duplicate.
-        resubmitted = await again.submit(spec(steps=40), key="reattach-0")
+        resubmitted = await again.submit(spec(steps=40, key="reattach-0"))
         assert resubmitted.status["duplicate"] is True and first.status["duplicate"] is False
         events = await follow(again, "reattach-0", 60)
         assert events[-1]["type"] == "done"
@@ -102,7 +102,7 @@ async def test_a_restarted_bot_reattaches_through_kv_and_nothing_runs_twice(nats
 
 
 async def test_a_poison_job_fails_clearly_at_max_deliver(engine: BrokerEngine, workers) -> None:
-    await engine.submit(spec(content=png(POISON)), key="poison-0")
+    await engine.submit(spec(content=png(POISON), key="poison-0"))
     follower = Follower(engine, "poison-0")
     # Each delivery kills its worker; keep one worker alive, as a supervisor (or compose's restart) would.
     deadline = time.monotonic() + 120
@@ -118,12 +118,12 @@ async def test_a_poison_job_fails_clearly_at_max_deliver(engine: BrokerEngine, w
 
 
 async def test_cancel_a_queued_job(engine: BrokerEngine, workers) -> None:
-    await engine.submit(spec(), key="cancel-queued-0")
+    await engine.submit(spec(key="cancel-queued-0"))
     assert await engine.position("cancel-queued-0") == 1
     await engine.cancel("nats", "cancel-queued-0")
     assert await engine.position("cancel-queued-0") is None  # deleted from the stream
     worker = workers.start()
-    await engine.submit(spec("user-2"), key="after-0")
+    await engine.submit(spec("user-2", key="after-0"))
     assert (await follow(engine, "after-0"))[-1]["type"] == "done"
     events = await follow(engine, "cancel-queued-0", 10)
     assert events[-1]["type"] == "cancelled" and not [e for e in events if e["type"] == "started"]
@@ -132,7 +132,7 @@ async def test_cancel_a_queued_job(engine: BrokerEngine, workers) -> None:
 
 async def test_cancel_a_running_job(engine: BrokerEngine, workers) -> None:
     workers.start(FAKE_STEP_S="0.05")
-    await engine.submit(spec(steps=200), key="cancel-running-0")
+    await engine.submit(spec(steps=200, key="cancel-running-0"))
     follower = Follower(engine, "cancel-running-0")
     await wait_until(lambda: follower.seen("progress"), 60, "the job to run")
     await engine.cancel("nats", "cancel-running-0")
@@ -170,7 +170,7 @@ async def test_cancel_a_job_a_worker_has_just_fetched(nats_server, engine: Broke
         broker.pullers = [puller]
         puller.worker.start()
         await wait_until(lambda: puller.worker.ready, 30, "the worker")
-        await engine.submit(spec(), key="fetched-0")
+        await engine.submit(spec(key="fetched-0"))
         sub = await broker.js.pull_subscribe_bind(durable=CONSUMER, stream=STREAM)
         [msg] = await sub.fetch(1, timeout=10)
         await engine.cancel("nats", "fetched-0")  # the worker has the message in hand
@@ -192,13 +192,13 @@ async def test_a_broker_that_is_not_there_yet(tmp_path) -> None:
     try:
         assert not client.connected and not await client.ready()
         with pytest.raises(EngineUnavailable) as err:
-            await client.submit(spec(), key="early-0")
+            await client.submit(spec(key="early-0"))
         assert "offline" in err.value.message
         server = NatsServer(tmp_path / "js", tmp_path / "log", port=port)
         server.start()
         try:
             await wait_until(lambda: client.connected, 60, "the bot to connect by itself")
-            assert (await client.submit(spec(), key="early-0")).job_id == "early-0"
+            assert (await client.submit(spec(key="early-0"))).job_id == "early-0"
         finally:
             server.kill()
     finally:

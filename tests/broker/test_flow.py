@@ -15,7 +15,7 @@ from tests.broker.support import follow, spec  # isort: skip
 @pytest.mark.asyncio
 async def test_one_job_runs_with_the_http_stream_vocabulary(engine: BrokerEngine, workers) -> None:
     workers.start()
-    submitted = await engine.submit(spec(steps=5), key="job-a-0")
+    submitted = await engine.submit(spec(steps=5, key="job-a-0"))
     events = await follow(engine, submitted.job_id)
     kinds = [e["type"] for e in events]
     assert kinds[0] == "status" and kinds[-1] == "done", kinds
@@ -39,8 +39,8 @@ async def test_twenty_jobs_from_five_users_on_two_workers_fair_and_none_lost(eng
         finals = []
         for k in range(4):  # the bot's rule: one job per user in the engine at a time
             key = f"{name}-job{k}"
-            await engine.submit(spec(name, steps=8), key=key)
-            async for event in engine.events("nats", key):
+            await engine.submit(spec(name, steps=8, key=key))
+            async for event in engine.wire_events(key):
                 if event["type"] == "started":
                     starts.append(name)
                 final = event
@@ -62,14 +62,14 @@ async def test_bad_images_are_refused_before_anything_is_uploaded(engine: Broker
     from tests.engine.conftest import Samples  # isort: skip
 
     with pytest.raises(EngineError) as err:
-        await engine.submit(spec(content=Samples.text_as_png()), key="bad-0")
+        await engine.submit(spec(content=Samples.text_as_png(), key="bad-0"))
     assert err.value.code == "not_an_image"
     assert "The content image is not an image file I can read" in err.value.message
     with pytest.raises(EngineError) as err:
-        await engine.submit(spec(content=Samples.png_header_only(30000, 30000)), key="bad-1")
+        await engine.submit(spec(content=Samples.png_header_only(30000, 30000), key="bad-1"))
     assert err.value.code == "too_many_pixels" and "the limit is 40 megapixels" in err.value.message
     with pytest.raises(EngineError) as err:
-        await engine.submit(spec(content=b"\0" * (25 * 2**20 + 1)), key="bad-2")
+        await engine.submit(spec(content=b"\0" * (25 * 2**20 + 1), key="bad-2"))
     assert err.value.code == "file_too_large" and "larger than the 25 MiB limit" in err.value.message
     files = await engine._js.object_store("nst-files")
     with pytest.raises(Exception, match="NotFound|NoObjects|not found"):

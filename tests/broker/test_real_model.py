@@ -13,7 +13,7 @@ from tests.broker.support import follow, spec  # isort: skip
 @pytest.mark.asyncio
 async def test_the_real_stylizer_through_the_broker(engine: BrokerEngine, workers) -> None:
     workers.start(real=True)
-    await engine.submit(spec(size=32, steps=4, preset="mosaic"), key="real-0")
+    await engine.submit(spec(size=32, steps=4, preset="mosaic", key="real-0"))
     events = await follow(engine, "real-0", timeout=240)
     final = events[-1]
     assert final["type"] == "done", final

@@ -1,7 +1,8 @@
 """`python -m bot`: settings (environment, then `.env`), logging, then the bot until Ctrl-C / SIGTERM.
 
 With no ENGINE_URLS the bot starts a local engine process first (embedded default), so this one command
-runs everything on one machine.
+runs everything on one machine. With ENGINE_BROKER_URL it publishes jobs to a NATS JetStream queue instead,
+and GPU workers on any machine (`python -m nst_engine work`) pull them.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import sys
 import aiohttp
 
 from .client import StyleBot
+from .engine.broker import BrokerAddress, BrokerEngine, BrokerRefused
 from .engine.http import EngineClient
 from .engine.process import EmbeddedEngine, EngineStartError
 from .journal import Journal
+from .runner import PREVIEW_SIDE
 from .settings import BotSettings, SettingsError, environment
 
 log = logging.getLogger("bot")
@@ -40,7 +43,8 @@ class _RedactToken(logging.Filter):
 def setup_logging(settings: BotSettings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RedactToken(settings.discord_token, settings.engine_token))
+    handler.addFilter(_RedactToken(settings.discord_token, settings.engine_token, settings.engine_broker_token,
+                                   settings.engine_broker_password))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(settings.log_level)
@@ -49,6 +53,8 @@ def setup_logging(settings: BotSettings) -> None:
 
 async def run(settings: BotSettings) -> int:
     async with aiohttp.ClientSession() as session:
+        if settings.engine_broker_url is not None:
+            return await _run_with_broker(settings, session)
         embedded = None
         urls, token = list(settings.engine_urls), settings.engine_token
         if settings.embedded_engine:
@@ -68,6 +74,27 @@ async def run(settings: BotSettings) -> int:
         finally:
             if embedded is not None:
                 await embedded.stop()
+    return 0
+
+
+async def _run_with_broker(settings: BotSettings, session: aiohttp.ClientSession) -> int:
+    """GPU workers pull the jobs from a NATS JetStream queue; an unreachable broker only means "offline"."""
+    assert settings.engine_broker_url is not None
+    address = BrokerAddress(settings.engine_broker_url, settings.engine_broker_token, settings.engine_broker_user,
+                            settings.engine_broker_password, settings.engine_broker_tls_ca)
+    engine = BrokerEngine(address, preview_side=PREVIEW_SIDE if settings.preview_interval > 0 else 0)
+    try:
+        await engine.start()
+    except BrokerRefused as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        journal = await Journal.open(settings.db_path)
+        async with journal:
+            async with StyleBot(settings, session=session, journal=journal, engine=engine) as bot:
+                await bot.start(settings.discord_token)
+    finally:
+        await engine.close()
     return 0
 
 

@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from .catalog import PresetCatalog
-from .engine.http import EngineClient
+from .engine.base import Engine
 from .errors import LimitReached, UserFacingError
 from .jobs import GuildConfig
 from .journal import Journal
@@ -93,7 +93,7 @@ async def reply_to_interaction(interaction: discord.Interaction[Any], text: str)
 
 class StyleBot(commands.Bot):
     def __init__(self, settings: BotSettings, *, session: aiohttp.ClientSession, journal: Journal,
-                 engine: EngineClient, **options: Any) -> None:
+                 engine: Engine, **options: Any) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned_or(settings.command_prefix),
             intents=options.pop("intents", intents()),

@@ -56,7 +56,7 @@ async def run(settings: BotSettings) -> int:
         if settings.engine_broker_url is not None:
             return await _run_with_broker(settings, session)
         embedded = None
-        urls, token = list(settings.engine_urls), settings.engine_token
+        url, token = settings.engine_url, settings.engine_token
         if settings.embedded_engine:
             embedded = EmbeddedEngine(start_timeout=settings.engine_start_timeout)
             try:
@@ -64,11 +64,12 @@ async def run(settings: BotSettings) -> int:
             except EngineStartError as exc:
                 log.error("%s", exc)
                 return 1
-            urls, token = [embedded.url], embedded.token
+            url, token = embedded.url, embedded.token
         try:
             journal = await Journal.open(settings.db_path)
             async with journal:
-                engine = EngineClient(session, urls, token)
+                assert url is not None
+                engine = EngineClient(session, url, token)
                 async with StyleBot(settings, session=session, journal=journal, engine=engine) as bot:
                     await bot.start(settings.discord_token)
         finally:

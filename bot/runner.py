@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 PREVIEW_SIDE = 192
 # First wait before retrying an offline engine; doubles up to settings.engine_retry_max_seconds.
 RETRY_START_S = 1.0
-# With several engines, a job whose engine stays unreachable this many times in a row is resubmitted elsewhere.
-FAILOVER_AFTER = 3
 # When Discord still says the file is too large (413, code 40005): try again this many times, each time
 # with this fraction of the bytes that were refused.
 UPLOAD_RETRIES, UPLOAD_SHRINK = 6, 0.6
@@ -202,7 +200,6 @@ class JobRunner:
 
     async def _drive(self, status: StatusMessage) -> None:
         backoff = Backoff(RETRY_START_S, self.bot.settings.engine_retry_max_seconds)
-        unreachable = 0
         while True:
             job = status.job
             if job.engine_job_id is None:
@@ -224,7 +221,6 @@ class JobRunner:
                     job, state=JobState.SUBMITTED, engine_url=submitted.engine, engine_job_id=submitted.job_id,
                     attempts=job.attempts + 1)
                 backoff.reset()
-                unreachable = 0
                 continue
             try:
                 final = await self._follow(status)
@@ -233,13 +229,7 @@ class JobRunner:
                 status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None, engine_job_id=None)
                 continue
             except EngineUnavailable as exc:
-                unreachable += 1
                 log.info("engine unreachable for job %s: %s", job.id, exc.detail)
-                if unreachable >= FAILOVER_AFTER and len(self.bot.engine.urls) > 1:
-                    status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None,
-                                                                   engine_job_id=None)
-                    unreachable = 0
-                    continue
                 await status.show(render.offline_text(status.mention, job.id), force=True)
                 await asyncio.sleep(backoff.next())
                 continue

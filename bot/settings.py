@@ -34,8 +34,8 @@ VARIABLES: dict[str, str] = {
     "COMMAND_PREFIX": "prefix of text commands (default !)",
     "DEV_GUILD_ID": "sync slash commands to this guild at start (instant); otherwise use the owner's !sync",
     "OWNER_IDS": "comma-separated user ids allowed to run owner commands (default: the application owner)",
-    "ENGINE_URLS": "comma-separated engine base URLs; empty = start a local engine process (embedded)",
-    "ENGINE_TOKEN": "bearer token of the engine(s) in ENGINE_URLS",
+    "ENGINE_URLS": "the engine's base URL; empty = start a local engine process (embedded)",
+    "ENGINE_TOKEN": "bearer token of the engine in ENGINE_URLS",
     "ENGINE_BROKER_URL": "nats://host:4222 (or tls://): send jobs to a NATS JetStream queue that GPU workers pull from",
     "ENGINE_BROKER_TOKEN": "token of the NATS broker (or ENGINE_BROKER_USER and _PASSWORD); required off loopback",
     "ENGINE_BROKER_USER": "user name on the NATS broker",
@@ -71,7 +71,8 @@ class BotSettings:
     command_prefix: str = "!"
     dev_guild_id: int | None = None
     owner_ids: tuple[int, ...] = ()
-    engine_urls: tuple[str, ...] = ()
+    engine_url: str | None = None
+    """ENGINE_URLS: one engine over HTTP; None: the embedded engine (or the broker)."""
     engine_token: str | None = field(default=None, repr=False)
     engine_broker_url: str | None = None
     engine_broker_token: str | None = field(default=None, repr=False)
@@ -107,10 +108,12 @@ class BotSettings:
             p.append("DISCORD_TOKEN contains spaces (paste the token alone, without 'Bot ')")
         if not self.command_prefix or len(self.command_prefix) > 5 or re.search(r"\s", self.command_prefix):
             p.append("COMMAND_PREFIX must be 1-5 characters without spaces")
-        for url in self.engine_urls:
-            if not re.match(r"^https?://[^/\s]+", url):
-                p.append(f"ENGINE_URLS: {url!r} is not an http(s) URL")
-        if self.engine_broker_url is not None and self.engine_urls:
+        if self.engine_url is not None and "," in self.engine_url:
+            p.append("ENGINE_URLS takes one engine; for several GPU hosts run workers on a broker instead "
+                     "(ENGINE_BROKER_URL, docs/self-hosting.md)")
+        elif self.engine_url is not None and not re.match(r"^https?://[^/\s]+", self.engine_url):
+            p.append(f"ENGINE_URLS: {self.engine_url!r} is not an http(s) URL")
+        if self.engine_broker_url is not None and self.engine_url is not None:
             p.append("set either ENGINE_URLS (one engine over HTTP) or ENGINE_BROKER_URL (GPU workers), not both")
         p += _broker_problems(self.engine_broker_url, self.engine_broker_token, self.engine_broker_user,
                               self.engine_broker_password)
@@ -145,7 +148,7 @@ class BotSettings:
     @property
     def embedded_engine(self) -> bool:
         """No ENGINE_URLS and no broker: the bot starts a local engine process itself."""
-        return not self.engine_urls and self.engine_broker_url is None
+        return self.engine_url is None and self.engine_broker_url is None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BotSettings:
@@ -166,7 +169,7 @@ class BotSettings:
         take("COMMAND_PREFIX", "command_prefix", str, "text")
         take("DEV_GUILD_ID", "dev_guild_id", _snowflake, "a guild id (a number)")
         take("OWNER_IDS", "owner_ids", lambda s: tuple(_snowflake(x) for x in _split(s)), "comma-separated user ids")
-        take("ENGINE_URLS", "engine_urls", lambda s: tuple(u.rstrip("/") for u in _split(s)), "comma-separated URLs")
+        take("ENGINE_URLS", "engine_url", lambda s: s.rstrip("/"), "a URL")
         take("ENGINE_TOKEN", "engine_token", str, "text")
         for var in ("ENGINE_BROKER_URL", "ENGINE_BROKER_TOKEN", "ENGINE_BROKER_USER", "ENGINE_BROKER_PASSWORD"):
             take(var, var.lower(), str, "text")

@@ -250,7 +250,7 @@ def test_compose_hands_every_setting_to_the_service_that_reads_it() -> None:
     tokens = {"ENGINE_TOKEN": "x" * 32, "DISCORD_TOKEN": "token-for-the-test"}
     engine = EngineSettings.from_env({k: _interpolate(v, tokens) for k, v in engine_env.items()})
     bot = BotSettings.from_env({k: _interpolate(v, tokens) for k, v in bot_env.items()})
-    assert bot.engine_urls == (f"http://engine:{engine.port}",)
+    assert bot.engine_url == f"http://engine:{engine.port}"
     assert bot.engine_token == engine.token
 
 
@@ -305,7 +305,7 @@ def test_the_broker_override_runs_workers_behind_an_authenticated_jetstream() ->
     settings = BotSettings.from_env({k: _interpolate(v, tokens) for k, v in bot_env.items()})
     assert worker.broker_url == settings.engine_broker_url == "nats://nats:4222"
     assert worker.broker_token == settings.engine_broker_token == "y" * 32
-    assert settings.engine_urls == () and not settings.embedded_engine
+    assert settings.engine_url is None and not settings.embedded_engine
 
 
 def test_the_bot_waits_for_a_healthy_engine() -> None:

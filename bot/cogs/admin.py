@@ -156,8 +156,7 @@ class Admin(commands.Cog):
             await ctx.send(await broker_overview(len(self.bot.scheduler), engine))
             return
         ready = await self.bot.engine.ready()
-        await ctx.send(f"{len(self.bot.scheduler)} unfinished job(s); engine {'ready' if ready else 'not ready'} "
-                       f"({len(self.bot.engine.urls)} configured).")
+        await ctx.send(f"{len(self.bot.scheduler)} unfinished job(s); engine {'ready' if ready else 'not ready'}.")
 
 
 async def broker_overview(unfinished: int, engine: BrokerEngine) -> str:

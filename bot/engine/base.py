@@ -14,8 +14,6 @@ from .http import JobSpec, Submitted
 
 
 class Engine(Protocol):
-    urls: list[str]
-
     async def submit(self, spec: JobSpec) -> Submitted: ...
 
     async def status(self, engine: str, job_id: str) -> dict[str, Any]: ...

@@ -144,7 +144,6 @@ class BrokerEngine:
         self.preview_side = preview_side
         """Previews are asked for when the job is published: the worker that picks it up cannot be asked later."""
         self.name = name
-        self.urls = [address.url]
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._ready = asyncio.Event()

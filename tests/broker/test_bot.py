@@ -24,7 +24,7 @@ pytestmark = pytest.mark.asyncio
 @contextlib.asynccontextmanager
 async def broker_bot(double: DiscordDouble, tmp_path, url: str, **overrides) -> AsyncIterator[StyleBot]:
     harness = BotRunner(double, tmp_path)
-    settings = harness.settings((), engine_token=None, engine_broker_url=url, engine_broker_token=TOKEN, **overrides)
+    settings = harness.settings(None, engine_token=None, engine_broker_url=url, engine_broker_token=TOKEN, **overrides)
     engine = BrokerEngine(BrokerAddress(url, token=TOKEN))
     await engine.start()
     async with aiohttp.ClientSession() as session:

@@ -18,10 +18,10 @@ from bot.settings import VARIABLES, BotSettings, SettingsError, environment, rea
 
 
 def test_from_env_defaults_and_values():
-    s = BotSettings.from_env({"DISCORD_TOKEN": "abc.def.ghi", "ENGINE_URLS": "http://a:1/, http://b:2",
+    s = BotSettings.from_env({"DISCORD_TOKEN": "abc.def.ghi", "ENGINE_URLS": "http://a:1/",
                               "ALLOWED_CDN_HOSTS": "CDN.discordapp.com", "MAX_QUEUED_PER_USER": "4",
                               "USER_COOLDOWN_SECONDS": "2.5", "DEV_GUILD_ID": "123", "LOG_LEVEL": "debug"})
-    assert s.engine_urls == ("http://a:1", "http://b:2") and not s.embedded_engine
+    assert s.engine_url == "http://a:1" and not s.embedded_engine
     assert s.allowed_cdn_hosts == ("cdn.discordapp.com",) and s.max_queued_per_user == 4
     assert s.user_cooldown_seconds == 2.5 and s.dev_guild_id == 123 and s.log_level == "DEBUG"
     assert s.command_prefix == "!" and BotSettings.from_env({"DISCORD_TOKEN": "x"}).embedded_engine
@@ -104,14 +104,14 @@ async def test_engine_client_retries_5xx_and_429_then_gives_up():
     port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession() as session:
-            client = EngineClient(session, [f"http://127.0.0.1:{port}"], "tok" * 6, backoff=0.01, max_backoff=0.02)
+            client = EngineClient(session, f"http://127.0.0.1:{port}", "tok" * 6, backoff=0.01, max_backoff=0.02)
             spec = JobSpec(requester="42", content=b"x", content_name="c.png", preset="mosaic")
             submitted = await client.submit(spec)
             assert submitted.job_id == "j1" and calls == [f"Bearer {'tok' * 6}"] * 3
             with pytest.raises(EngineBusy) as busy:
                 await client.submit(spec)
             assert busy.value.code == "too_many_jobs" and "3 jobs" in busy.value.message
-            dead = EngineClient(session, ["http://127.0.0.1:9"], None, backoff=0.01, max_backoff=0.02)
+            dead = EngineClient(session, "http://127.0.0.1:9", None, backoff=0.01, max_backoff=0.02)
             with pytest.raises(EngineUnavailable):
                 await dead.submit(spec)
             with pytest.raises(EngineError):
@@ -137,7 +137,7 @@ async def test_embedded_engine_starts_on_loopback_with_a_token_and_stops(tmp_pat
             assert engine.url.startswith("http://127.0.0.1:") and len(engine.token) >= 32
             async with session.get(f"{engine.url}/v1/queue") as resp:
                 assert resp.status == 401  # a token is required
-            client = EngineClient(session, [engine.url], engine.token)
+            client = EngineClient(session, engine.url, engine.token)
             assert "mosaic" in await client.presets()
         finally:
             await engine.stop()

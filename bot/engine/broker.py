@@ -217,6 +217,8 @@ class BrokerEngine:
         log.debug("broker connection: %r", exc)
 
     async def _on_disconnect(self) -> None:
+        if self._nc is None or self._nc.is_closed or self._nc.is_draining:
+            return  # our own close()
         log.warning("lost the connection to the broker at %s; reconnecting", self.address.url)
 
     async def _on_reconnect(self) -> None:

@@ -132,6 +132,8 @@ async def connect(address: BrokerAddress, *, name: str,
         await probe.close()
 
     async def disconnected() -> None:
+        if nc.is_closed or nc.is_draining:
+            return  # our own drain at shutdown
         log.warning("lost the connection to the broker at %s; reconnecting", address.url)
         if on_state is not None:
             await on_state("disconnected")
@@ -141,9 +143,10 @@ async def connect(address: BrokerAddress, *, name: str,
         if on_state is not None:
             await on_state("connected")
 
-    return await nats.connect(**address.connect_options(), name=name, max_reconnect_attempts=-1,
-                              reconnect_time_wait=1.0, error_cb=_quiet, disconnected_cb=disconnected,
-                              reconnected_cb=reconnected)
+    nc = NATS()
+    await nc.connect(**address.connect_options(), name=name, max_reconnect_attempts=-1, reconnect_time_wait=1.0,
+                     error_cb=_quiet, disconnected_cb=disconnected, reconnected_cb=reconnected)
+    return nc
 
 
 def _why_not(address: BrokerAddress, exc: Exception) -> str:

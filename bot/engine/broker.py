@@ -479,36 +479,17 @@ class BrokerEngine:
     # -- presets ---------------------------------------------------------------------------------------------------
 
     async def presets(self) -> list[str]:
-        """The shared bucket's presets plus the workers' builtin ones."""
+        """The shared bucket's presets plus the generated ones the live workers draw themselves."""
         self._need()
         names: set[str] = set()
         try:
             with contextlib.suppress(NotFoundError):
                 names |= {info.name for info in await self._presets.list(ignore_deletes=True)}
-            with contextlib.suppress(KeyNotFoundError):
-                builtin = json.loads((await self._jobs.get("presets.builtin")).value or b"[]")
-                names |= {str(n) for n in builtin}
         except (NatsError, TimeoutError) as exc:
             raise EngineUnavailable(f"presets: {exc!r}") from None
+        for worker in await self.workers():
+            names |= {str(n) for n in worker.get("builtin_presets") or ()}
         return sorted(names)
-
-    async def add_preset(self, name: str, data: bytes) -> None:
-        check_image(data, "preset image")
-        self._need()
-        try:
-            await self._presets.put(name.strip().casefold(), data)
-        except (NatsError, TimeoutError) as exc:
-            raise EngineUnavailable(f"add preset: {exc!r}") from None
-
-    async def remove_preset(self, name: str) -> bool:
-        self._need()
-        try:
-            await self._presets.delete(name.strip().casefold())
-        except (ObjectNotFoundError, NotFoundError):
-            return False
-        except (NatsError, TimeoutError) as exc:
-            raise EngineUnavailable(f"remove preset: {exc!r}") from None
-        return True
 
     async def preset_image(self, name: str, side: int = 128) -> bytes | None:
         """A PNG thumbnail of a preset in the shared bucket (builtins are drawn by the workers: None)."""

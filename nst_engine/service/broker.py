@@ -238,7 +238,8 @@ class Puller:
         entry = {
             "worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
             "state": self.worker.state.value, "job_id": self.current_id, "jobs_done": self.worker.jobs_done,
-            "avg_job_s": self.metrics.avg_job_seconds, "at": time.time(),
+            "avg_job_s": self.metrics.avg_job_seconds, "builtin_presets": list(self.library.builtin_names()),
+            "at": time.time(),
         }
         with contextlib.suppress(NatsError, TimeoutError):
             await self.broker.workers.put(self.name, json.dumps(entry).encode())
@@ -461,8 +462,8 @@ async def _quietly(coro: Any) -> None:
 
 
 async def seed_presets(broker: Broker, library: PresetLibrary) -> None:
-    """Upload this worker's directory presets that the bucket lacks, so the bot lists them and every worker has them;
-    the builtin names go to KV, so the bot can list those too."""
+    """Upload this worker's directory presets that the bucket lacks, so the bot lists them and every worker has them.
+    (The generated ones every worker draws itself; their names are in each worker's registry entry.)"""
     try:
         present = {info.name for info in await broker.presets.list(ignore_deletes=True)}
     except NotFoundError:  # an empty bucket
@@ -474,7 +475,6 @@ async def seed_presets(broker: Broker, library: PresetLibrary) -> None:
             decode_image(p.read_bytes(), max_pixels=library.max_pixels).rgb, "png").data)
         await broker.presets.put(info.name, data)
         log.info("preset %r uploaded to the shared bucket", info.name)
-    await broker.jobs.put("presets.builtin", json.dumps(list(library.builtin_names())).encode())
 
 
 # --- the process ------------------------------------------------------------------------------------------------

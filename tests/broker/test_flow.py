@@ -9,7 +9,7 @@ from PIL import Image
 
 from bot.engine.broker import BrokerEngine
 from bot.errors import EngineError
-from tests.broker.support import follow, spec  # isort: skip
+from tests.broker.support import follow, png, spec, wait_until  # isort: skip
 
 
 @pytest.mark.asyncio
@@ -84,3 +84,25 @@ def test_the_bot_and_the_engine_name_the_same_things() -> None:
              "PRESETS_BUCKET", "JOBS_KV", "WORKERS_KV", "DUPLICATE_WINDOW_S", "FILES_TTL_S", "JOBS_TTL_S",
              "WORKER_TTL_S", "MAX_JOB_MESSAGE_BYTES")
     assert {n: getattr(bot_side, n) for n in names} == {n: getattr(engine_side, n) for n in names}
+
+
+@pytest.mark.asyncio
+async def test_presets_are_shared_and_queue_lists_the_workers(engine: BrokerEngine, workers, tmp_path) -> None:
+    from bot.cogs.admin import broker_overview
+
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "redish.png").write_bytes(png((220, 30, 30), (40, 40)))
+    workers.start()  # uploads its directory's preset to the broker's bucket
+    # The bucket's preset and the worker's generated ones (from its registry entry).
+    await wait_until(lambda: _presets_with(engine, {"redish", "mosaic", "swirls"}), 60, "the shared presets")
+    await engine.submit(spec(preset="redish", key="preset-0"))
+    final = (await follow(engine, "preset-0"))[-1]
+    assert final["type"] == "done" and final["styles"] == ["preset:redish"]
+    assert await engine.preset_image("redish", 16) is not None
+    text = await broker_overview(3, engine)
+    assert "3 unfinished job(s) here; 0 waiting in the shared queue; 1 worker(s):" in text
+    assert " cpu: idle, 1 done" in text
+
+
+async def _presets_with(engine: BrokerEngine, wanted: set[str]) -> bool:
+    return wanted <= set(await engine.presets())

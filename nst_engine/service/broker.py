@@ -297,6 +297,9 @@ class Puller:
             await self._finish(msg, job_id, _final(job_id, "failed", {"code": exc.code, "message": exc.message}),
                                term=True)
             return
+        if self.stopping:  # SIGTERM while the inputs were loading: give the job back before it starts
+            await self._release(msg, job_id)
+            return
         watcher = job.watch(message.preview)
         self.current = job
         if self._cancel_requested:
@@ -319,7 +322,7 @@ class Puller:
             await self.broker.publish(job.id, event.wire())
         job.unwatch(watcher)
         if job.state is JobState.CANCELLED and (job.cancel_error or {}).get("code") == _RELEASED["code"]:
-            await self._release(msg, job)
+            await self._release(msg, job.id)
             return
         wire = final.wire() if final is not None else _final(job.id, "failed", _INTERNAL)  # no final: be safe
         if job.result is not None:
@@ -330,11 +333,11 @@ class Puller:
             wire["result"] = {k: v for k, v in wire["result"].items() if k != "url"} | {"key": key}
         await self._finish(msg, job.id, wire, term=job.state is not JobState.DONE)
 
-    async def _release(self, msg: Msg, job: Job) -> None:
-        log.info("job %s released by %s (stopping)", job.id, self.name)
+    async def _release(self, msg: Msg, job_id: str) -> None:
+        log.info("job %s released by %s (stopping)", job_id, self.name)
         with contextlib.suppress(NatsError, TimeoutError):
-            await self.broker.jobs.put(f"released.{job.id}", b"1")
-        await self.broker.publish(job.id, {"type": "notice", "job_id": job.id, **_RELEASED})
+            await self.broker.jobs.put(f"released.{job_id}", b"1")
+        await self.broker.publish(job_id, {"type": "notice", "job_id": job_id, **_RELEASED})
         await _quietly(msg.nak())
 
     async def _finish(self, msg: Msg, job_id: str, event: dict[str, Any], *, term: bool = False) -> None:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(rest)
     if command == "work":
-        from .service.broker import main as work_main
+        from .service.work import main as work_main
 
         return work_main(rest)
     if command == "fetch-presets":

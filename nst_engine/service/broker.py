@@ -1,4 +1,4 @@
-"""`python -m nst_engine work`: GPU workers that pull jobs from the NATS JetStream queue.
+"""GPU workers that pull jobs from the NATS JetStream queue (`python -m nst_engine work`, see work.py).
 
 One puller per device, each wrapping today's `worker.Worker` (its thread, Stylizer, OOM retry, time limit and
 progress relay) behind a private one-job queue. A puller fetches one message at a time and, while the job runs:
@@ -17,17 +17,14 @@ worker says "restarted" rather than "lost".
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import math
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +63,7 @@ from .jobs import Job, JobInputs, JobState, Watcher
 from .metrics import EngineMetrics
 from .middlewares import ApiError
 from .queue import FairQueue
-from .settings import EngineSettings, SettingsError
+from .settings import EngineSettings
 from .worker import StylizerFactory, Worker, WorkerState, default_stylizer_factory, worker_devices
 
 log = logging.getLogger(__name__)
@@ -483,27 +480,6 @@ async def seed_presets(broker: Broker, library: PresetLibrary) -> None:
 # --- the process ------------------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m nst_engine work",
-        description="Pull style-transfer jobs from a NATS JetStream broker, one worker per device (settings come "
-                    "from ENGINE_* environment variables; see docs/self-hosting.md).",
-    )
-    p.add_argument("--broker", help="nats://host:4222 or tls://host:4222 (overrides ENGINE_BROKER_URL)")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (overrides ENGINE_LOG_LEVEL)")
-    return p
-
-
-def load_settings(argv: list[str], environ: Any) -> EngineSettings:
-    args = _parser().parse_args(argv)
-    settings = EngineSettings.from_env(environ)
-    overrides = {k: v for k, v in (("broker_url", args.broker), ("log_level", args.log_level)) if v is not None}
-    settings = dataclasses.replace(settings, **overrides) if overrides else settings
-    if settings.broker_url is None:
-        raise SettingsError(["give the broker with --broker nats://host:4222 or ENGINE_BROKER_URL"])
-    return settings
-
-
 def address_of(settings: EngineSettings) -> BrokerAddress:
     assert settings.broker_url is not None
     return BrokerAddress(settings.broker_url, settings.broker_token, settings.broker_user, settings.broker_password,
@@ -539,25 +515,3 @@ async def run(settings: EngineSettings, *, stylizer_factory: StylizerFactory | N
     finally:
         with contextlib.suppress(NatsError, TimeoutError):
             await nc.drain()
-
-
-def main(argv: list[str], *, stylizer_factory: StylizerFactory | None = None) -> int:
-    try:
-        settings = load_settings(argv, os.environ)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            print(f"nst_engine work: {problem}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ..core.devices import DeviceUnavailable
-
-    try:
-        return asyncio.run(run(settings, stylizer_factory=stylizer_factory))
-    except BrokerError as exc:
-        print(f"nst_engine work: {exc}", file=sys.stderr)
-        return 1
-    except DeviceUnavailable as exc:
-        print(f"nst_engine work: ENGINE_DEVICE: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0

@@ -12,7 +12,7 @@ import time
 
 from nst_engine.core.optimize import Cancelled, Progress, StyleResult
 from nst_engine.core.pixels import fit_long_side
-from nst_engine.service.broker import main
+from nst_engine.service.work import main
 
 POISON = (255, 0, 255)
 

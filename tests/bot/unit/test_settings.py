@@ -142,3 +142,23 @@ async def test_embedded_engine_starts_on_loopback_with_a_token_and_stops(tmp_pat
         finally:
             await engine.stop()
     assert engine._proc is None
+
+
+def test_broker_settings():
+    base = {"DISCORD_TOKEN": "x"}
+    s = BotSettings.from_env({**base, "ENGINE_BROKER_URL": "nats://127.0.0.1:4222"})
+    assert s.engine_broker_url == "nats://127.0.0.1:4222" and not s.embedded_engine  # loopback: no token needed
+    s = BotSettings.from_env({**base, "ENGINE_BROKER_URL": "tls://nats.example:4222", "ENGINE_BROKER_TOKEN": "t0k3n",
+                              "ENGINE_BROKER_TLS_CA": "/ca.pem"})
+    assert s.engine_broker_token == "t0k3n" and "t0k3n" not in repr(s)
+    for env, expected in (
+        ({"ENGINE_BROKER_URL": "nats://10.0.0.5:4222"}, "ENGINE_BROKER_TOKEN (or ENGINE_BROKER_USER and _PASSWORD)"),
+        ({"ENGINE_BROKER_URL": "http://10.0.0.5:4222"}, "must look like nats://host:4222"),
+        ({"ENGINE_BROKER_URL": "nats://u:p@127.0.0.1:4222"}, "must not hold credentials"),
+        ({"ENGINE_BROKER_URL": "nats://127.0.0.1", "ENGINE_BROKER_USER": "bot"}, "go together"),
+        ({"ENGINE_BROKER_URL": "nats://127.0.0.1", "ENGINE_URLS": "http://e:1"}, "not both"),
+        ({"ENGINE_URLS": "http://a:1,http://b:2"}, "ENGINE_URLS takes one engine"),
+    ):
+        with pytest.raises(SettingsError) as err:
+            BotSettings.from_env({**base, **env})
+        assert any(expected in p for p in err.value.problems), err.value.problems

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+import nst_engine  # noqa: E402,F401  (before torch: sets the OpenMP wait policy)
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402

@@ -76,7 +76,7 @@ def parse_options(text: str | None, prefix: str = "!") -> StyleOptions:
         elif _SIZE_RE.match(word):
             opts["size"] = int(_SIZE_RE.match(word).group(1))  # type: ignore[union-attr]
         elif "preset" not in opts:
-            opts["preset"] = normalize_preset_name(raw)
+            opts["preset"] = normalize_preset_name(raw.strip("`"))
         else:
             raise UsageError(f"I don't understand `{raw[:40]}`.\n{usage(prefix)}")
     return StyleOptions(**opts)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Settings from the environment and `.env`; the engine client's retries; the embedded engine process."""
+"""Settings from the environment and `.env`; the embedded engine process (EngineClient: test_engine_http.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,10 +10,8 @@ import pytest
 import devtools.discord_double  # noqa: F401  # isort: skip  (before discord: audioop warning)
 
 import aiohttp  # isort: skip
-from aiohttp import web  # isort: skip
 
-from bot.engine.http import EngineClient, JobSpec  # isort: skip
-from bot.errors import EngineBusy, EngineError, EngineUnavailable  # isort: skip
+from bot.engine.http import EngineClient  # isort: skip
 from bot.settings import VARIABLES, BotSettings, SettingsError, environment, read_env_file  # isort: skip
 
 
@@ -76,49 +74,6 @@ def test_the_token_is_redacted_from_logs(caplog):
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "oops %s", ("Bot sekrit.token.value",), None)
     assert _RedactToken("sekrit.token.value").filter(record)
     assert record.getMessage() == "oops Bot [redacted]"
-
-
-# --- the engine client -----------------------------------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_engine_client_retries_5xx_and_429_then_gives_up():
-    calls: list[str] = []
-    answers = [web.json_response({"error": {"code": "internal_error", "message": "x"}}, status=500),
-               web.json_response({"error": {"code": "queue_full", "message": "full"}}, status=429,
-                                 headers={"Retry-After": "0"}),
-               web.json_response({"job_id": "j1", "state": "queued"}, status=202)]
-
-    async def create(request: web.Request) -> web.Response:
-        calls.append(request.headers.get("Authorization", ""))
-        await request.read()
-        return answers.pop(0) if answers else web.json_response(
-            {"error": {"code": "too_many_jobs", "message": "You already have 3 jobs waiting."}}, status=429)
-
-    app = web.Application()
-    app.router.add_post("/v1/jobs", create)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            client = EngineClient(session, f"http://127.0.0.1:{port}", "tok" * 6, backoff=0.01, max_backoff=0.02)
-            spec = JobSpec(requester="42", content=b"x", content_name="c.png", preset="mosaic")
-            submitted = await client.submit(spec)
-            assert submitted.job_id == "j1" and calls == [f"Bearer {'tok' * 6}"] * 3
-            with pytest.raises(EngineBusy) as busy:
-                await client.submit(spec)
-            assert busy.value.code == "too_many_jobs" and "3 jobs" in busy.value.message
-            dead = EngineClient(session, "http://127.0.0.1:9", None, backoff=0.01, max_backoff=0.02)
-            with pytest.raises(EngineUnavailable):
-                await dead.submit(spec)
-            with pytest.raises(EngineError):
-                await client.status(f"http://127.0.0.1:{port}", "nope")
-            assert "tok" not in repr(client)
-    finally:
-        await runner.cleanup()
 
 
 # --- the embedded engine -----------------------------------------------------------------------------------------

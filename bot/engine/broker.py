@@ -424,7 +424,8 @@ class BrokerEngine:
                     now = await self.position(job_id)
                     if now is not None and now != position:
                         position = now
-                        yield {"type": "position", "job_id": job_id, "position": now}
+                        yield {"type": "position", "job_id": job_id, "position": now,
+                               "eta_s": self._eta(now, await self.workers())}
                     elif now is None:
                         position = None
                 if unknown_since is not None and time.monotonic() - unknown_since > 3 * WORKER_TTL_S:

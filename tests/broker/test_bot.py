@@ -79,3 +79,23 @@ def _submitted(bot: StyleBot, job_id: str):
         record = await bot.journal.get_job(job_id)
         return record if record is not None and record.engine_job_id else None
     return check
+
+
+async def test_a_broker_crash_makes_jobs_wait_and_loses_nothing(discord_double: DiscordDouble, nats_server, workers,
+                                                               tmp_path) -> None:
+    double = discord_double
+    async with broker_bot(double, tmp_path, nats_server.url) as bot:
+        await double.post_message("!stylize", attachments=[("photo.png", PHOTO, "image/png"),
+                                                          ("painting.png", PAINTING, "image/png")])
+        status = await double.wait_for("message_create")
+        job_id = job_id_of(status.content)
+        await wait_until(_submitted(bot, job_id), 30, "the job to be published")  # queued; no worker yet
+        nats_server.kill()
+        await double.wait_for("message_edit", lambda a: a.message_id == status.message_id
+                              and "the style engine is offline" in (a.content or ""), timeout=60)
+        nats_server.start()  # the same store: the job is still queued there
+        workers.start()
+        final = await final_of(double, status.message_id, timeout=90)
+        record = await settled(bot, job_id)
+    assert "done" in final["content"] and final["attachments"]
+    assert record.attempts == 1  # the same submission, not a second one

@@ -106,3 +106,18 @@ async def test_presets_are_shared_and_queue_lists_the_workers(engine: BrokerEngi
 
 async def _presets_with(engine: BrokerEngine, wanted: set[str]) -> bool:
     return wanted <= set(await engine.presets())
+
+
+@pytest.mark.asyncio
+async def test_position_and_eta_come_from_the_stream_and_the_workers(engine: BrokerEngine, workers) -> None:
+    workers.start(FAKE_STEP_S="0.05")
+    await engine.submit(spec(steps=10, key="warm-0"))
+    await follow(engine, "warm-0")  # the worker now knows its average job time
+    for i in range(3):
+        await engine.submit(spec(f"user-{i}", steps=60, key=f"line-{i}"))  # 3 s each: longer than a poll
+    events = await follow(engine, "line-2")
+    status, positions = events[0], [e for e in events if e["type"] == "position"]
+    assert status["state"] == "queued" and status["position"] >= 2 and status["eta_s"] > 0
+    assert positions and positions[-1]["position"] == 1 and positions[-1]["eta_s"] > 0
+    assert [p["position"] for p in positions] == sorted((p["position"] for p in positions), reverse=True)
+    assert events[-1]["type"] == "done"

@@ -14,6 +14,9 @@ after that read finds the id and stops the job.
 
 SIGTERM: the running jobs are stopped and given back (`nak`) at once, marked `released.<id>`, so the next
 worker says "restarted" rather than "lost".
+
+MaxDeliver: the delivery that reaches it is not run; it reports the job failed, since every earlier delivery
+ended with its worker gone. Without that, the broker would stop delivering the job and nobody would answer.
 """
 from __future__ import annotations
 

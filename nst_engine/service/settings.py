@@ -93,7 +93,8 @@ class EngineSettings:
     broker_tls_ca: Path | None = None
     """A CA file to verify the broker's certificate with (implies TLS)."""
     broker_ack_wait: float = 30.0
-    """Seconds without a heartbeat after which the broker hands a worker's job to another worker."""
+    """Seconds without a heartbeat after which the broker hands a worker's job to another worker. With
+    broker_max_deliver, a setting of the shared queue: the last worker to start sets both."""
     broker_max_deliver: int = 3
     """Deliveries of one job before it is failed; the last one only reports (the job killed its workers)."""
 

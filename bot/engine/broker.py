@@ -69,7 +69,8 @@ CONNECT_TIMEOUT_S = 5.0
 POLL_S = 2.0
 # Jobs ahead of one are counted message by message; past this the position is shown as "this many or more".
 MAX_COUNTED_AHEAD = 200
-# The engine's limits on uploads (nst_engine/images/codec.py defaults): checked before anything is uploaded.
+# The engine's default limits on uploads (nst_engine/images/codec.py): checked before anything is uploaded, unless
+# the live workers announce their own (the smallest wins).
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
@@ -250,10 +251,11 @@ class BrokerEngine:
         key = spec.key
         if not key:
             raise ValueError("a broker job needs a key (the bot's job id)")
-        check_image(spec.content, "content image")
-        if spec.style is not None:
-            check_image(spec.style, "style image")
         js = self._need()
+        max_bytes, max_pixels = self._limits(await self.workers())
+        check_image(spec.content, "content image", max_bytes=max_bytes, max_pixels=max_pixels)
+        if spec.style is not None:
+            check_image(spec.style, "style image", max_bytes=max_bytes, max_pixels=max_pixels)
         styles: list[dict[str, str]] = []
         try:
             await self._files.put(f"{key}/content", spec.content)
@@ -347,6 +349,13 @@ class BrokerEngine:
             waiting = (await js.stream_info(STREAM)).state.messages
         workers = await self.workers()
         return {"queued": waiting, "workers": workers, "running": [w["job_id"] for w in workers if w.get("job_id")]}
+
+    @staticmethod
+    def _limits(workers: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """Upload limits: the strictest of the live workers', else the engine's defaults."""
+        sizes = [int(w["max_upload_bytes"]) for w in workers if w.get("max_upload_bytes")]
+        pixels = [int(w["max_pixels"]) for w in workers if w.get("max_pixels")]
+        return min(sizes, default=MAX_UPLOAD_BYTES), min(pixels, default=MAX_PIXELS)
 
     def _eta(self, position: int | None, workers: Sequence[dict[str, Any]]) -> float | None:
         averages = [w["avg_job_s"] for w in workers if w.get("avg_job_s")]

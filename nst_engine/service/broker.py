@@ -239,6 +239,8 @@ class Puller:
             "worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
             "state": self.worker.state.value, "job_id": self.current_id, "jobs_done": self.worker.jobs_done,
             "avg_job_s": self.metrics.avg_job_seconds, "builtin_presets": list(self.library.builtin_names()),
+            # The bot checks uploads against these before it stores them in the broker.
+            "max_upload_bytes": self.settings.max_upload_bytes, "max_pixels": self.settings.max_pixels,
             "at": time.time(),
         }
         with contextlib.suppress(NatsError, TimeoutError):

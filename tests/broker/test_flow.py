@@ -121,3 +121,16 @@ async def test_position_and_eta_come_from_the_stream_and_the_workers(engine: Bro
     assert positions and positions[-1]["position"] == 1 and positions[-1]["eta_s"] > 0
     assert [p["position"] for p in positions] == sorted((p["position"] for p in positions), reverse=True)
     assert events[-1]["type"] == "done"
+
+
+@pytest.mark.asyncio
+async def test_upload_limits_follow_the_workers(engine: BrokerEngine, workers) -> None:
+    workers.start(ENGINE_MAX_PIXELS="1000")
+    await wait_until(lambda: _workers(engine), 60, "the worker")
+    with pytest.raises(EngineError) as err:
+        await engine.submit(spec(content=png(size=(48, 32)), key="limited-0"))  # 1536 pixels
+    assert err.value.code == "too_many_pixels" and "the limit is 0.001 megapixels" in err.value.message
+
+
+async def _workers(engine: BrokerEngine) -> bool:
+    return bool(await engine.workers())

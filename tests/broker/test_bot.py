@@ -99,3 +99,26 @@ async def test_a_broker_crash_makes_jobs_wait_and_loses_nothing(discord_double: 
         record = await settled(bot, job_id)
     assert "done" in final["content"] and final["attachments"]
     assert record.attempts == 1  # the same submission, not a second one
+
+
+async def test_presets_in_broker_mode(discord_double: DiscordDouble, nats_server, workers, tmp_path) -> None:
+    """!presets lists the workers' presets; !preset add/remove (a server's own) and a global preset both run."""
+    double = discord_double
+    workers.start()
+    async with broker_bot(double, tmp_path, nats_server.url) as bot:
+        await wait_until(lambda: bot.engine.workers(), 60, "the worker")
+        await double.post_message("!presets")
+        listing = await double.wait_for("message_create")
+        await double.post_message("!preset add Stripes", author=double.owner,
+                                  attachments=[("stripes.png", PAINTING, "image/png")])
+        added = await double.wait_for("message_create")
+        await double.post_message("!stylize stripes", attachments=[("p.png", PHOTO, "image/png")])
+        own = await final_of(double, (await double.wait_for("message_create")).message_id, timeout=60)
+        await double.post_message("!stylize swirls", attachments=[("p.png", PHOTO, "image/png")])
+        builtin = await final_of(double, (await double.wait_for("message_create")).message_id, timeout=60)
+        await double.post_message("!preset remove stripes", author=double.owner)
+        removed = await double.wait_for("message_create")
+    assert all(f"`{name}`" in listing.content for name in ("mosaic", "swirls", "brushstrokes"))
+    assert "Added the preset `stripes`" in added.content and "Removed the preset `stripes`" in removed.content
+    assert "done" in own["content"] and own["attachments"]
+    assert "done" in builtin["content"] and builtin["attachments"]

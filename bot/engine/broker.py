@@ -405,7 +405,7 @@ class BrokerEngine:
             raise EngineUnavailable(f"events of {job_id}: {exc!r}") from None
         try:
             status = await self.status(ENGINE_NAME, job_id)
-            yield {"type": "status", **status}
+            yield {**status, "type": "status"}
             if status["state"] in FINAL_EVENTS:
                 yield status
                 return

@@ -94,7 +94,7 @@ async def test_a_restarted_bot_reattaches_through_kv_and_nothing_runs_twice(nats
         assert events[-1]["type"] == "done"
         # The next follower after the end reads the outcome from KV alone.
         late = await follow(again, "reattach-0", 10)
-        assert late[-1]["type"] == "done" and late[-1]["job_id"] == "reattach-0"
+        assert [e["type"] for e in late] == ["status", "done"] and late[-1]["job_id"] == "reattach-0"
         workers_now = await again.workers()
         assert sum(w["jobs_done"] for w in workers_now) == 1
     finally:

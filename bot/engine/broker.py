@@ -232,7 +232,8 @@ class BrokerEngine:
                 await self._connecting
         if self._nc is not None:
             with contextlib.suppress(NatsError, TimeoutError):
-                await self._nc.drain()
+                # Drain flushes what is in flight; with the broker away it would only wait for its timeout.
+                await (self._nc.drain() if self._nc.is_connected else self._nc.close())
 
     @property
     def connected(self) -> bool:

@@ -7,12 +7,13 @@ events of `events.py`. `engine` arguments name the engine that holds a job (`Sub
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .events import EngineEvent
 from .http import JobSpec, Submitted
 
 
+@runtime_checkable
 class Engine(Protocol):
     async def submit(self, spec: JobSpec) -> Submitted: ...
 

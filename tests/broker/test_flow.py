@@ -134,3 +134,15 @@ async def test_upload_limits_follow_the_workers(engine: BrokerEngine, workers) -
 
 async def _workers(engine: BrokerEngine) -> bool:
     return bool(await engine.workers())
+
+
+@pytest.mark.asyncio
+async def test_both_transports_fit_the_bots_one_interface(engine: BrokerEngine) -> None:
+    import aiohttp
+
+    from bot.engine.base import Engine
+    from bot.engine.http import EngineClient
+
+    async with aiohttp.ClientSession() as session:
+        assert isinstance(EngineClient(session, "http://127.0.0.1:9"), Engine)
+    assert isinstance(engine, Engine)

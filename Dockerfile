@@ -2,8 +2,9 @@
 #
 # Two images from one file (compose.yaml builds both; docs/self-hosting.md explains them):
 #
-#   docker build --target engine -t nst-discord-engine .   the engine: PyTorch (CUDA build, runs on the CPU too),
-#                                                           the VGG19 weights, the default presets; also runs the bot
+#   docker build --target engine -t nst-discord-engine .   the engine: PyTorch (CUDA build; on the CPU with
+#                                                           ENGINE_DEVICE=cpu), the VGG19 weights, the default
+#                                                           presets, a C compiler for ENGINE_COMPILE; also runs the bot
 #   docker build --target bot -t nst-discord-bot .         the bot alone: discord.py, aiohttp, Pillow; no torch
 #
 # The GPU driver is not in the image: the NVIDIA container toolkit mounts the host's driver into the container.
@@ -68,7 +69,22 @@ CMD ["python", "-m", "bot"]
 FROM base AS engine
 
 # Tells the NVIDIA container toolkit which driver libraries to mount (CUDA compute; nvidia-smi).
-ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# ENGINE_DEVICE=cuda: without a visible GPU the engine stops at start and says why, instead of quietly running
+# ~100x slower on the CPU (compose.cpu.yaml sets cpu). Every job has a new image size: expandable segments let
+# PyTorch's allocator grow in place instead of fragmenting into blocks of past sizes.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    ENGINE_DEVICE=cuda \
+    PYTORCH_ALLOC_CONF=expandable_segments:True
+
+# ENGINE_COMPILE=true: triton builds a small C module at first use (gcc and Python's headers, which the python
+# image has), inductor on the CPU builds C++. Checked here, so a missing piece fails the build, not a warm-up.
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/* \
+ && printf '#include <Python.h>\nint nst_probe(void) { return Py_IsInitialized(); }\n' > /tmp/probe.c \
+ && gcc -shared -fPIC -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+        -o /tmp/probe.so /tmp/probe.c \
+ && rm /tmp/probe.c /tmp/probe.so
 
 # The heavy layer (torch and the CUDA libraries, a few GB): rebuilt only when pyproject.toml changes.
 RUN pip install --requirement /app/constraints.txt
@@ -92,7 +108,8 @@ ENV ENGINE_HOST=0.0.0.0 \
 USER 10001:10001
 EXPOSE 8765
 
-# /readyz is 200 once every worker has loaded the weights and touched its device (503 before, and when broken).
+# /readyz is 200 once every worker has loaded the weights and touched its device (503 before, and when broken);
+# a worker is ready only on the device ENGINE_DEVICE asked for.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % (os.environ.get('ENGINE_PORT') or '8765'), timeout=4)"]
 

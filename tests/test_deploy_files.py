@@ -89,12 +89,16 @@ def _bot_from(values: Mapping[str, str]) -> BotSettings:
     return BotSettings.from_env({"DISCORD_TOKEN": "token-for-the-test", **values})
 
 
+# Modules that only give a library's own environment variable a default before the library loads.
+ENVIRON_WRITERS = {"nst_engine/__init__.py"}  # OMP_WAIT_POLICY, before torch loads OpenMP
+
+
 def test_settings_are_read_by_name_in_the_settings_modules_only() -> None:
     """Every other module gets its settings passed down; so the two from_env calls see every name read."""
     offenders = []
     for package in CODE_PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
-            if path.name == "settings.py":
+            if path.name == "settings.py" or str(path.relative_to(REPO)) in ENVIRON_WRITERS:
                 continue
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if _reads_environ_by_name(node):
@@ -495,6 +499,32 @@ def test_the_engine_image_checks_its_weights_and_fetches_the_presets() -> None:
     assert any("nst_engine fetch-presets" in r and "presets/manifest.json" in r for r in runs)
     copies = [args for kw, args in Dockerfile.read().chain("engine") if kw == "COPY"]
     assert any("presets/manifest.json" in c for c in copies)
+
+
+def test_the_gpu_stack_asks_for_the_gpu_and_the_cpu_stack_for_the_cpu() -> None:
+    """`auto` would fall back to the CPU without a word; the GPU stack must fail at start instead."""
+    engine_env = _environment(_service("engine"))
+    assert _interpolate(engine_env["ENGINE_DEVICE"], {}) == "cuda", "compose.yaml: ENGINE_DEVICE defaults to cuda"
+    assert _interpolate(engine_env["ENGINE_DEVICE"], {"ENGINE_DEVICE": "cuda:1"}) == "cuda:1"
+    assert Dockerfile.read().env("engine")["ENGINE_DEVICE"] == "cuda", "a plain `docker run --gpus all` too"
+    assert compose("compose.cpu.yaml")["services"]["engine"]["environment"]["ENGINE_DEVICE"] == "cpu"
+
+
+def test_the_engine_image_grows_its_allocator_in_place() -> None:
+    conf = Dockerfile.read().env("engine").get("PYTORCH_ALLOC_CONF", "")
+    assert "expandable_segments:True" in conf.split(","), "every job has a new size: expandable segments"
+
+
+def test_the_engine_image_carries_what_torch_compile_builds_with() -> None:
+    """ENGINE_COMPILE=true: triton compiles a C launcher against Python.h at first use; inductor on the CPU, C++."""
+    chain = Dockerfile.read().chain("engine")
+    runs = [args for kw, args in chain if kw == "RUN"]
+    installs = [r for r in runs if "apt-get install" in r]
+    assert installs and re.search(r"\bg\+\+", installs[0]), "the engine image needs gcc/g++"
+    assert any("Python.h" in r and "gcc" in r and "-shared" in r for r in runs), (
+        "the build should prove a C extension builds against Python's headers")
+    heavy = next(i for i, (kw, args) in enumerate(chain) if kw == "RUN" and "--requirement" in args)
+    assert chain.index(("RUN", installs[0])) < heavy, "the compiler layer goes before the big torch layer"
 
 
 # -- the admin's guide ----------------------------------------------------------------------------------------

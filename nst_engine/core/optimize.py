@@ -11,16 +11,24 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
 from torch import nn
 
 from .colour import grey_rgb, luminance, match_colors, match_luminance, with_content_chroma
-from .devices import configure_tf32, resolve_device
+from .devices import (
+    CompileUnavailable,
+    bf16_unsupported,
+    compile_unavailable,
+    configure_tf32,
+    reserve_compile_entries,
+    resolve_device,
+)
 from .losses import blend_grams, normalized_gram, total_cost
 from .params import EngineOptions, ParamError, StyleParams
 from .pixels import fit_area, fit_long_side, resize_image, resize_tensor, to_image, to_tensor
@@ -36,6 +44,8 @@ FIRST_STEP_PIXELS = 4.0
 # about 58x smaller (1/(255*std)), which scales content terms by ~58^2 and Grams' squares by ~58^4;
 # this restores the balance approximately.
 BACKBONE_STYLE_GAIN = {"caffe": 1.0, "torchvision": 58.0**2}
+# (width, height) of the warm-up passes: as small as the coarsest scale, and not square.
+WARM_UP_SIZE = (64, 48)
 
 
 class Cancelled(Exception):
@@ -133,10 +143,20 @@ class Stylizer:
     """Runs style transfer jobs on one device. Not thread-safe: one job at a time per instance."""
 
     def __init__(self, options: EngineOptions = EngineOptions(), *, cache_entries: int = 32) -> None:
-        self.options = options
         self._device = resolve_device(options.device)
         if self._device.type == "cuda":
             configure_tf32(options.tf32)
+        if options.bf16:
+            reason = bf16_unsupported(self._device)
+            if reason is not None:
+                log.warning("bf16 is off on %s: %s; running in fp32", self._device, reason)
+                options = replace(options, bf16=False)
+        if options.compile:
+            reason = compile_unavailable(self._device.type)
+            if reason is not None:
+                raise CompileUnavailable(reason)
+        self.options = options
+        """The options in effect (bf16 is switched off on GPUs without bf16 tensor cores)."""
         self._models: dict[tuple, nn.Module] = {}
         self.style_cache = StyleTargetCache(cache_entries)
 
@@ -155,18 +175,35 @@ class Stylizer:
             net = net.to(self._device)
             if self.options.channels_last:
                 net = net.to(memory_format=torch.channels_last)
-            model = torch.compile(net) if self.options.compile else net
+            model = net
+            if self.options.compile:
+                # Every job has a new size: one graph for all sizes instead of one per size. The graphs of all
+                # devices share one cache (one code object), so each compiled model widens its limit.
+                reserve_compile_entries()
+                # Tracing reads .grad of the input, which in the loop is a non-leaf (a layout copy of the image).
+                warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
+                # Inductor specialises a convolution's backward to the traced size unless it may pick channels-last
+                # layouts itself (measured on torch 2.14: every new size recompiled the loop's graph); forced on.
+                model = torch.compile(net, dynamic=True, options={"force_layout_optimization": True})
             self._models[key] = model
         return model
 
     def warm_up(self, params: StyleParams = StyleParams()) -> None:
+        """Load the model and run it the way jobs do: a no-grad pass (targets) and a pass with backward (the loop).
+
+        The image is small and not square: with dynamic shapes a square one would tie height to width.
+        """
         model = self._model(params)
         with torch.no_grad():
-            self._features(model, torch.full((1, 3, 64, 64), 128.0, device=self._device))
+            self._features(model, torch.full((1, 3, WARM_UP_SIZE[1], WARM_UP_SIZE[0]), 128.0, device=self._device))
+        x = torch.full((1, 3, WARM_UP_SIZE[1], WARM_UP_SIZE[0]), 128.0, device=self._device, requires_grad=True)
+        features = self._features(model, x)
+        sum(f.float().square().mean() for f in features.values()).backward()
 
     def _features(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.options.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # Always dense in the model's layout: an expanded (grey) or strided input would otherwise be another
+        # graph for torch.compile, and an extra layout conversion for the convolutions.
+        x = x.contiguous(memory_format=torch.channels_last if self.options.channels_last else torch.contiguous_format)
         with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
             return model(x)
 

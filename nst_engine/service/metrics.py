@@ -21,14 +21,15 @@ _EMA_WEIGHT = 0.2
 
 
 class _DeviceMemoryCollector(Collector):
-    """Reads device memory at scrape time: CUDA allocated/reserved per device, process RSS for the CPU."""
+    """Reads device memory at scrape time: CUDA allocated/reserved (PyTorch's allocator) and free/total (the whole
+    device, other processes included) per device; process RSS for the CPU."""
 
     def __init__(self, devices: Callable[[], Sequence[str]]) -> None:
         self._devices = devices
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
-            "nst_device_memory_bytes", "Memory in use on each worker device", labels=["device", "kind"]
+            "nst_device_memory_bytes", "Memory of each worker device by kind", labels=["device", "kind"]
         )
         for device in self._devices():
             for kind, value in _device_memory(device):
@@ -42,9 +43,12 @@ def _device_memory(device: str) -> list[tuple[str, float]]:
 
         if not torch.cuda.is_available():
             return []
+        free, total = torch.cuda.mem_get_info(device)
         return [
             ("allocated", float(torch.cuda.memory_allocated(device))),
             ("reserved", float(torch.cuda.memory_reserved(device))),
+            ("free", float(free)),
+            ("total", float(total)),
         ]
     if device == "cpu":
         try:
@@ -75,6 +79,10 @@ class EngineMetrics:
         self.iterations = Counter("nst_iterations", "Optimiser iterations run", ["device"], registry=r)
         self.iterations_per_second = Gauge(
             "nst_iterations_per_second", "Iterations per second of the last job on each device", ["device"], registry=r
+        )
+        self.job_peak_memory = Gauge(
+            "nst_job_peak_memory_bytes", "Peak PyTorch allocation of the last finished job on each CUDA device",
+            ["device"], registry=r,
         )
         self.oom_retries = Counter("nst_oom_retries", "Jobs retried at a smaller size after out-of-memory", registry=r)
         self.ready = Gauge("nst_ready", "1 when every worker has loaded its weights", registry=r)

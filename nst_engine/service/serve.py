@@ -58,14 +58,18 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Deferred: importing the app pulls in torch, which `serve --help` and bad settings should not wait for.
-    from ..core.devices import DeviceUnavailable
+    from ..core.devices import DeviceUnavailable, compile_unavailable
     from .app import create_app
     from .worker import worker_devices
 
     try:
         devices = worker_devices(settings.device)
-    except DeviceUnavailable as exc:
-        return _fail([f"ENGINE_DEVICE: {exc}"])
+    except DeviceUnavailable as exc:  # e.g. ENGINE_DEVICE=cuda (the GPU stack) and the GPU is not visible
+        return _fail([f"ENGINE_DEVICE={settings.device}: {exc}"])
+    if settings.compile:
+        reasons = {compile_unavailable(device.split(":")[0]) for device in devices} - {None}
+        if reasons:
+            return _fail([f"ENGINE_COMPILE=true: {min(str(r) for r in reasons)}; set ENGINE_COMPILE=false"])
     log.info(
         "engine listening on http://%s:%d (%s; devices: %s; presets: %s)",
         settings.host, settings.port, "token required" if settings.auth_required else "loopback only, no token",

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import enum
+import functools
 import gc
 import io
 import logging
@@ -23,8 +24,19 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from ..core.devices import (
+    DeviceUnavailable,
+    device_memory,
+    job_memory_bytes,
+    peak_memory,
+    reset_peak_memory,
+    resolve_device,
+    side_scale_to_fit,
+    why_no_cuda,
+)
 from ..core.optimize import Cancelled, Progress, StyleResult
 from ..core.params import EngineOptions, ParamError, StyleParams
+from ..core.pixels import fit_long_side
 from ..images.codec import EncodedImage, ImageError, encode_image
 from .jobs import Job, JobInputs, JobState
 from .metrics import EngineMetrics
@@ -36,6 +48,18 @@ log = logging.getLogger(__name__)
 # After a CUDA out-of-memory error the job is retried once at this fraction of the size (about half the
 # pixels, so about half the activation memory).
 OOM_RETRY_SCALE = 0.7
+# Allocation failures that torch reports as plain RuntimeErrors, not torch.OutOfMemoryError: cuDNN or cuBLAS
+# could not get memory for their workspace or handle ("unable to find an engine" is cuDNN's frontend after every
+# engine failed to get its workspace; cublasCreate fails with NOT_INITIALIZED when the device is full).
+OOM_MARKERS = (
+    "out of memory",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_NOT_INITIALIZED",
+    "unable to find an engine",
+)
+# A job the free device memory only fits below this long side is refused rather than shrunk to a thumbnail.
+MIN_MEMORY_FIT_SIZE = 64
 # Smallest output the optimiser accepts (see pixels.MIN_SIDE / StyleParams).
 MIN_SIZE = 16
 # Previews are small JPEGs sent inline (base64) in the event stream.
@@ -80,17 +104,22 @@ def default_stylizer_factory(options: EngineOptions) -> StylizerLike:
 
 
 def worker_devices(spec: str) -> list[str]:
-    """ENGINE_DEVICE -> one device string per worker. Raises DeviceUnavailable for devices not here."""
-    from ..core.devices import DeviceUnavailable, resolve_device
+    """ENGINE_DEVICE -> one device string per worker. Raises DeviceUnavailable for devices not here.
 
+    'auto' may fall back to the CPU (said in the log, with the reason when this PyTorch could use a GPU);
+    'cuda' never does: without a visible GPU it raises, saying why the GPU is not visible.
+    """
     spec = spec.strip().lower()
     if spec == "auto":
         if torch.cuda.is_available() and torch.cuda.device_count() > 0:
             return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return [str(resolve_device("auto"))]
+        device = str(resolve_device("auto"))
+        if torch.version.cuda is not None:
+            _warn_no_gpu(device)
+        return [device]
     if spec == "cuda":
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-            raise DeviceUnavailable("ENGINE_DEVICE=cuda but no CUDA device is visible")
+            raise DeviceUnavailable(f"no GPU is visible: {why_no_cuda()}")
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     devices: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
@@ -106,6 +135,13 @@ def worker_devices(spec: str) -> list[str]:
     return devices
 
 
+@functools.cache
+def _warn_no_gpu(device: str) -> None:
+    """Once per process: serve.main and the app both resolve the devices."""
+    log.warning("ENGINE_DEVICE=auto: no GPU is visible (%s); running on %s, which is much slower "
+                "(set ENGINE_DEVICE=cuda to refuse to start without a GPU)", why_no_cuda(), device)
+
+
 @dataclass
 class Outcome:
     state: JobState
@@ -118,6 +154,24 @@ class Outcome:
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "message": message}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is the device running out of memory, however the library said so."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, torch.OutOfMemoryError):
+            return True
+        if isinstance(current, RuntimeError) and any(marker in str(current) for marker in OOM_MARKERS):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
 
 
 class _ProgressRelay:
@@ -204,6 +258,10 @@ class Worker:
         self.error: str | None = None
         self.current: Job | None = None
         self.jobs_done = 0
+        self.device_name: str | None = None
+        """The GPU's name once loaded (None on other devices)."""
+        self.precision: str | None = None
+        """'fp32' or 'bf16' once loaded: bf16 is refused on GPUs without bf16 tensor cores."""
         self._stylizer: StylizerLike | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nst-worker-{index}")
         self._task: asyncio.Task[None] | None = None
@@ -218,6 +276,8 @@ class Worker:
         return {
             "index": self.index,
             "device": self.device,
+            "device_name": self.device_name,
+            "precision": self.precision,
             "state": self.state.value,
             "error": self.error,
             "job_id": self.current.id if self.current else None,
@@ -286,10 +346,17 @@ class Worker:
             device=self.device, channels_last=s.channels_last, tf32=s.tf32, bf16=s.bf16, compile=s.compile
         )
         stylizer = self.factory(options)
+        # /readyz (the health check) says ready only for a worker that runs where it was asked to.
+        in_use = getattr(stylizer, "device", self.device)
+        if in_use != self.device:
+            raise DeviceUnavailable(f"asked for {self.device} but the model runs on {in_use}")
+        if self.device.startswith("cuda"):  # the device answers, not just the weights on it
+            torch.ones(8, device=self.device).sum().item()
+            self.device_name = torch.cuda.get_device_name(self.device)
+        effective = getattr(stylizer, "options", options)
+        self.precision = "bf16" if effective.bf16 else "fp32"
         if s.warm_up:
             stylizer.warm_up(StyleParams(size=min(s.default_size, s.max_size)))
-            if self.device.startswith("cuda"):  # the device answers, not just the weights on it
-                torch.ones(8, device=self.device).sum().item()
         return stylizer
 
     async def _run(self, job: Job) -> None:
@@ -347,7 +414,12 @@ class Worker:
         params = job.params
         result: StyleResult | None = None
         for attempt in (1, 2):
+            fitted = self._fit_to_memory(job, params, inputs, relay)
+            if isinstance(fitted, Outcome):
+                return fitted
+            params = fitted
             out_of_memory = False
+            reset_peak_memory(self.device)
             try:
                 result = self._stylizer.stylize(
                     inputs.content, inputs.styles, params,
@@ -358,7 +430,9 @@ class Worker:
                 return self._cancelled(job)
             except ParamError as exc:
                 return Outcome(JobState.FAILED, error=_error("invalid_parameter", str(exc)))
-            except torch.OutOfMemoryError:
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
                 out_of_memory = True  # handled below, once the exception (and the tensors it holds) is gone
             if out_of_memory:
                 self._free_device_memory()
@@ -374,6 +448,12 @@ class Worker:
                             f"The GPU ran out of memory at {params.size} px; retrying at {smaller} px.")
                 params = replace(params, size=smaller)
         assert result is not None
+        peak = peak_memory(self.device)
+        if peak is not None:
+            self.metrics.job_peak_memory.labels(self.device).set(peak)
+            width, height = result.scales[-1]
+            log.info("job %s: peak device memory %s at %dx%d px (%.0f bytes per pixel)",
+                     job.id, _mib(peak), width, height, peak / (width * height))
         t_encode = time.perf_counter()
         try:
             encoded = encode_image(result.image, job.output_format, byte_budget=job.byte_budget,
@@ -389,9 +469,39 @@ class Worker:
             "optimize_s": round(optimize, 4),
             "stylize_s": round(result.timings.get("total", optimize), 4),
             "encode_s": round(time.perf_counter() - t_encode, 4),
+            "peak_memory_bytes": peak,
         }
         return Outcome(JobState.DONE, result=encoded, iterations=result.iterations, optimize_seconds=optimize,
                        stats=stats)
+
+    def _fit_to_memory(
+        self, job: Job, params: StyleParams, inputs: JobInputs, relay: _ProgressRelay
+    ) -> StyleParams | Outcome:
+        """Shrink a job that cannot fit the device's free memory before it starts (or refuse it), rather than
+        finding out by running out of memory half-way through."""
+        memory = device_memory(self.device)
+        if memory is None:
+            return params
+        width, height = fit_long_side(*inputs.content.size, params.size)
+        pixels = width * height
+        style_pixels = int(pixels * params.style_scale**2)
+        need = job_memory_bytes(pixels, style_pixels)
+        if need <= memory.free:
+            return params
+        smaller = int(params.size * side_scale_to_fit(memory.free, pixels, style_pixels))
+        if smaller < MIN_MEMORY_FIT_SIZE:
+            log.warning("job %s: needs about %s, the device has %s free of %s", job.id, _mib(need),
+                        _mib(memory.free), _mib(memory.total))
+            return Outcome(JobState.FAILED, error=_error(
+                "out_of_memory",
+                f"The GPU has only {_mib(memory.free)} free right now, too little for this picture; "
+                "please try again later.",
+            ))
+        log.warning("job %s: needs about %s at %d px but %s is free; running at %d px", job.id, _mib(need),
+                    params.size, _mib(memory.free), smaller)
+        relay._post(job.add_note, "memory_capped",
+                    f"The GPU has {_mib(memory.free)} free; size reduced from {params.size} to {smaller} px to fit.")
+        return replace(params, size=smaller)
 
     def _cancelled(self, job: Job) -> Outcome:
         if job.timed_out:

@@ -1,8 +1,8 @@
-"""Parameter validation, the strength dial, and device choice."""
+"""Parameter validation, the strength dial, and device choice (more on devices in test_devices.py)."""
 import pytest
 import torch
 
-from nst_engine.core.devices import DeviceUnavailable, configure_tf32, resolve_device
+from nst_engine.core.devices import DeviceUnavailable, resolve_device
 from nst_engine.core.params import BASE_STYLE_RATIO, ParamError, StyleParams, style_ratio
 from nst_engine.core.pixels import fit_area, fit_long_side
 from nst_engine.core.schedule import scale_sizes
@@ -56,16 +56,3 @@ def test_device_resolution():
         resolve_device("cuda:99")
     with pytest.raises(DeviceUnavailable, match="unknown device"):
         resolve_device("quantum")
-
-
-def test_tf32_switch_sets_and_clears_the_backend_flags():
-    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
-    try:
-        configure_tf32(True)
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
-        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
-        configure_tf32(False)
-        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
-    finally:
-        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before

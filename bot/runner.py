@@ -40,7 +40,7 @@ UPLOAD_RETRIES, UPLOAD_SHRINK = 6, 0.6
 # engine accepts (docs/engine-api.md, byte_budget).
 UPLOAD_MARGIN, MIN_UPLOAD_BUDGET = 64 * 1024, 64 * 1024
 # Engine notices the user sees as they happen (the others, such as a capped size, are in the final state).
-USER_NOTICES = frozenset({"worker_lost", "worker_restarted", "oom_retry"})
+USER_NOTICES = frozenset({"worker_lost", "worker_restarted", "oom_retry", "memory_capped"})
 GENERIC_FAILURE = "something went wrong on my side. Please try again."
 # On shutdown, how long the Discord requests that jobs had in flight may take to finish.
 CLOSE_IO_TIMEOUT_S = 10.0

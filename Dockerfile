@@ -61,8 +61,7 @@ USER 10001:10001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, sys, time; sys.exit(0 if time.time() - os.stat(os.environ['BOT_HEALTH_FILE']).st_mtime < 90 else 1)"]
 
-# The bot stops cleanly on Ctrl-C (KeyboardInterrupt); as PID 1 it would ignore a plain SIGTERM.
-STOPSIGNAL SIGINT
+# `docker stop` sends SIGTERM, which the bot handles like Ctrl-C: jobs stay in the journal, the gateway closes.
 CMD ["python", "-m", "bot"]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,12 +93,31 @@ RUN pip install --no-deps /wheels/*.whl \
  && rm -rf /wheels \
  && python -c "from nst_engine.core.vgg import load_caffe_weights; w = load_caffe_weights(); assert len(w) == 16, len(w); print('VGG19 weights: %d conv layers' % len(w))"
 
-# The default presets (public-domain paintings), downloaded and verified at build time into /presets
-# (a volume in compose.yaml: a new named volume starts with these files). A copy stays in /app/presets.
-COPY presets/manifest.json presets/manifest.json
-RUN python -m nst_engine fetch-presets --manifest presets/manifest.json --dir /presets \
- && cp /presets/* presets/ \
- && chown -R app:app /presets
+# The default presets (public-domain paintings) into /presets, each checked against presets/manifest.json's
+# size and sha256 (/presets is a volume in compose.yaml: a new named volume starts with these files; a copy
+# stays in /app/presets). Where they come from (docs/self-hosting.md, "Building without internet access"):
+#   --build-arg PRESETS=download   the default: downloaded at build time (needs GitHub);
+#   --build-arg PRESETS=context    the files in ./presets of the build context (put there beforehand with
+#                                  `python -m nst_engine fetch-presets` or by hand); nothing is downloaded;
+#   --build-arg PRESETS=none       no paintings: the engine offers its generated styles; add presets later.
+ARG PRESETS=download
+COPY presets/ /tmp/presets/
+RUN set -eu; mkdir -p /presets presets; cp /tmp/presets/manifest.json presets/; \
+    case "$PRESETS" in \
+      download) python -m nst_engine fetch-presets --manifest presets/manifest.json --dir /presets \
+                || { echo "no internet for the presets? build with --build-arg PRESETS=context or PRESETS=none" >&2; \
+                     exit 1; } ;; \
+      context) python -c "import shutil, sys; from pathlib import Path; from nst_engine.fetch_presets import load_manifest; \
+names = [e.filename for e in load_manifest(Path('presets/manifest.json'))]; \
+missing = [n for n in names if not (Path('/tmp/presets') / n).is_file()]; \
+sys.exit('PRESETS=context: not in ./presets of the build context: ' + ', '.join(missing)) if missing else None; \
+[shutil.copy(Path('/tmp/presets') / n, '/presets/') for n in names]"; \
+               python -m nst_engine fetch-presets --manifest presets/manifest.json --dir /presets --retries 0 ;; \
+      none) echo "PRESETS=none: no default presets in this image; the generated styles remain" ;; \
+      *) echo "PRESETS must be download, context or none, not '$PRESETS'" >&2; exit 2 ;; \
+    esac; \
+    find /presets -maxdepth 1 -type f -exec chmod 0644 {} + -exec cp {} presets/ \; ; \
+    rm -rf /tmp/presets; chown -R app:app /presets
 
 ENV ENGINE_HOST=0.0.0.0 \
     ENGINE_PORT=8765 \

@@ -1,9 +1,11 @@
 """`StyleBot`: the discord.py Bot subclass that owns the shared resources (HTTP session, journal, engine
 client, scheduler, job runner). Cogs reach them as typed attributes of the bot, never as globals.
 
-`setup_hook` is the one startup place: extensions, dynamic buttons, the dev-guild command sync, and the
-recovery of the journal's unfinished jobs. Errors: expected ones (`UserFacingError`, bad arguments) are
-answered with their sentence; anything else is logged once here and the user gets one generic sentence.
+Every way to start a job goes through `gate` (bot/gate.py): the channel, the limits and the images are
+checked there, where jobs are created. `setup_hook` is the one startup place: extensions, dynamic buttons,
+the dev-guild command sync, and the recovery of the journal's unfinished jobs. Errors: expected ones
+(`UserFacingError`, bad arguments) are answered with their sentence; anything else is logged once here and
+the user gets one generic sentence.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from discord.ext import commands
 
 from .catalog import PresetCatalog
 from .engine.base import Engine
-from .errors import LimitReached, UserFacingError
+from .errors import UserFacingError
+from .gate import Gate
 from .jobs import GuildConfig
 from .journal import Journal
 from .options import usage
@@ -109,6 +112,8 @@ class StyleBot(commands.Bot):
         self.scheduler = Scheduler()
         self.presets = PresetCatalog(journal, engine)
         self.runner = JobRunner(self)
+        self.gate = Gate(self)
+        """Every job starts here: `gate.admit`, then `gate.create_job` (bot/gate.py)."""
         self._recovery: asyncio.Task[int] | None = None
         self._health: asyncio.Task[None] | None = None
 
@@ -161,13 +166,6 @@ class StyleBot(commands.Bot):
         max_size = min(s.max_size, config.max_size) if config.max_size else s.max_size
         return config, limits, max_size
 
-    async def check_channel(self, guild_id: int | None, channel_id: int) -> None:
-        """LimitReached if the guild restricts the bot to other channels."""
-        config = await self.journal.guild_config(guild_id)
-        if config.allowed_channels and channel_id not in config.allowed_channels:
-            where = ", ".join(f"<#{c}>" for c in config.allowed_channels)
-            raise LimitReached(f"I only stylize in {where} on this server.")
-
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         # After close() discord.py has no loop to run handlers on: an event still in flight (e.g. the
         # command_error of a command that answered just before) would leave a never-awaited coroutine.
@@ -194,8 +192,10 @@ class StyleBot(commands.Bot):
             else:
                 log.error("unexpected error in %s", ctx.command, exc_info=original_error(error))
             text = GENERIC_ERROR
+        # A reply, so that in a busy channel the user sees the answer is theirs (slash commands: ephemeral).
+        reference = ctx.message.to_reference(fail_if_not_exists=False) if ctx.interaction is None else None
         try:
-            await ctx.send(text, ephemeral=True)
+            await ctx.send(text, ephemeral=True, reference=reference)
         except discord.HTTPException as exc:
             log.info("could not send an error message: %s", exc)
 

@@ -44,6 +44,8 @@ USER_NOTICES = frozenset({"worker_lost", "worker_restarted", "oom_retry", "memor
 GENERIC_FAILURE = "something went wrong on my side. Please try again."
 # On shutdown, how long the Discord requests that jobs had in flight may take to finish.
 CLOSE_IO_TIMEOUT_S = 10.0
+# The engine's answer to a token it does not know: for a job it accepted before, a restarted engine.
+UNAUTHORIZED = 401
 T = TypeVar("T")
 
 
@@ -202,6 +204,13 @@ class JobRunner:
         backoff = Backoff(RETRY_START_S, self.bot.settings.engine_retry_max_seconds)
         while True:
             job = status.job
+            if job.engine_job_id is not None and job.engine_url not in self.bot.engine.urls:
+                # Submitted to an engine this process does not use: the embedded engine of an earlier start
+                # (each start gets a new port and token), or an engine since removed from ENGINE_URLS.
+                log.info("job %s was on %s, an engine no longer in use; resubmitting", job.id, job.engine_url)
+                status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None,
+                                                               engine_job_id=None)
+                continue
             if job.engine_job_id is None:
                 try:
                     submitted = await self.bot.engine.submit(await self._spec(job))
@@ -233,9 +242,25 @@ class JobRunner:
                 await status.show(render.offline_text(status.mention, job.id), force=True)
                 await asyncio.sleep(backoff.next())
                 continue
+            except EngineError as exc:
+                if exc.status != UNAUTHORIZED:
+                    raise
+                # Another token at the same address: a new engine instance, which never had this job.
+                log.info("engine %s no longer takes this job's token (%s); resubmitting", job.engine_url, job.id)
+                status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None, engine_job_id=None)
+                continue
             backoff.reset()
-            if await self._conclude(status, final):
-                return
+            try:
+                if await self._conclude(status, final):
+                    return
+            except JobLost:
+                continue  # the result is gone (the engine restarted): _deliver put the job back to pending
+            except EngineUnavailable as exc:
+                # The engine went away between the final event and the result: follow the job again.
+                self._delivering.discard(job.id)
+                log.info("could not fetch the result of job %s: %s", job.id, exc.detail)
+                await status.show(render.offline_text(status.mention, job.id), force=True)
+                await asyncio.sleep(backoff.next())
 
     async def _follow(self, status: StatusMessage) -> Final:
         """Follow the engine's events, showing position and progress; returns the final one."""
@@ -293,7 +318,7 @@ class JobRunner:
         try:
             data = await self.bot.engine.result(job.engine_url, job.engine_job_id)
         except EngineError as exc:
-            if exc.status in (404, 409, 410):  # forgotten or expired meanwhile: run it again
+            if exc.status in (UNAUTHORIZED, 404, 409, 410):  # another engine instance, or forgotten: run it again
                 self._delivering.discard(job.id)
                 status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None,
                                                                engine_job_id=None)

@@ -233,8 +233,11 @@ def test_compose_has_the_two_services_with_restart_policies() -> None:
     services = compose()["services"]
     assert set(services) == {"engine", "bot"}
     for name, service in services.items():
-        assert service.get("restart") in ("always", "unless-stopped", "on-failure"), f"{name}: no restart policy"
+        assert re.fullmatch(r"always|unless-stopped|on-failure(:\d+)?", service.get("restart", "")), (
+            f"{name}: no restart policy")
         assert service["build"]["target"] == name
+    # A start-up mistake (bad token, intent off) exits non-zero: the bot must not restart in a loop for it.
+    assert re.fullmatch(r"on-failure:\d+", services["bot"]["restart"])
 
 
 def test_compose_hands_every_setting_to_the_service_that_reads_it() -> None:
@@ -498,7 +501,10 @@ def test_the_engine_image_checks_its_weights_and_fetches_the_presets() -> None:
     assert any("load_caffe_weights" in r for r in runs), "the build should prove the VGG19 weights load"
     assert any("nst_engine fetch-presets" in r and "presets/manifest.json" in r for r in runs)
     copies = [args for kw, args in Dockerfile.read().chain("engine") if kw == "COPY"]
-    assert any("presets/manifest.json" in c for c in copies)
+    assert any(c.split()[0] == "presets/" for c in copies), "the manifest (and local preset files) come from presets/"
+    args = [a for kw, a in Dockerfile.read().chain("engine") if kw == "ARG"]
+    assert "PRESETS=download" in args, "downloading stays the default; context and none are for offline builds"
+    assert any('"$PRESETS"' in r and "context)" in r and "none)" in r for r in runs)
 
 
 def test_the_gpu_stack_asks_for_the_gpu_and_the_cpu_stack_for_the_cpu() -> None:

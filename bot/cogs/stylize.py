@@ -4,10 +4,7 @@ Cancel). The life of a job after it is accepted is `bot/runner.py`'s.
 """
 from __future__ import annotations
 
-import logging
 import random
-import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -17,15 +14,13 @@ from discord.ext import commands
 
 from .. import attachments, render
 from ..errors import BadAttachment, NotAllowed, UsageError, UserFacingError
+from ..gate import Admission, Requester, SendStatus
 from ..jobs import JobParams, JobRecord
 from ..options import StyleOptions, parse_options, usage
 from ..settings import MAX_SIZE_LIMIT, MIN_SIZE
-from ..views import running_view
 
 if TYPE_CHECKING:
     from ..client import StyleBot
-
-log = logging.getLogger(__name__)
 
 SEED_MAX = 2**31 - 1
 HELP = """Turn a photo into a painting in the style of another image, or of a preset.
@@ -48,14 +43,6 @@ While it runs, the status message shows the queue position, then the progress an
 has buttons: Again (new seed), Stronger, Weaker, Keep colours. Only you (or a server admin) can use them.
 The slash command `/stylize` has the same options."""
 Strength = Literal["subtle", "light", "balanced", "strong", "bold", "intense"]
-SendStatus = Callable[[str, discord.ui.View], Awaitable[discord.Message | None]]
-
-
-def is_admin(user: discord.abc.User | discord.Member, permissions: discord.Permissions | None = None) -> bool:
-    if permissions is not None and (permissions.manage_guild or permissions.administrator):
-        return True
-    return isinstance(user, discord.Member) and (user.guild_permissions.manage_guild
-                                                  or user.guild_permissions.administrator)
 
 
 class Stylize(commands.Cog):
@@ -92,11 +79,13 @@ class Stylize(commands.Cog):
                       strength: Optional[Strength] = None, size: Optional[app_commands.Range[int, MIN_SIZE, MAX_SIZE_LIMIT]] = None,
                       keep_colours: Optional[bool] = None,
                       seed: Optional[app_commands.Range[int, 0, SEED_MAX]] = None) -> None:
+        # The gate first (one SQLite read, well within Discord's 3 s), so a slash refusal stays ephemeral;
+        # the images are checked in start(), once they are gathered.
+        admission = await self.bot.gate.admit(Requester.of_context(ctx))
         if ctx.interaction is not None:
-            await ctx.defer()  # within Discord's 3 s; everything below may take longer
+            await ctx.defer()  # everything below may take longer than 3 s
         prefix = self.bot.settings.command_prefix
         opts = parse_options(preset, prefix).merged(strength=strength, size=size, keep_colours=keep_colours, seed=seed)
-        await self.bot.check_channel(ctx.guild.id if ctx.guild else None, ctx.channel.id)
         refs = await self._referenced_images(ctx) + [attachments.ref_of(a) for a in (content, style) if a]
         if ctx.interaction is None:
             refs += [attachments.ref_of(a) for a in ctx.message.attachments[2:]]
@@ -110,7 +99,7 @@ class Stylize(commands.Cog):
                 return await ctx.reply(text, view=view, mention_author=False)
             return await ctx.send(text, view=view)
 
-        await self.start(ctx.author, ctx.guild, ctx.channel.id, refs, opts, send_status,
+        await self.start(admission, refs, opts, send_status,
                          reply_to=ctx.message.id if ctx.interaction is None else None)
 
     @stylize.autocomplete("preset")
@@ -141,24 +130,18 @@ class Stylize(commands.Cog):
 
     # -- accepting a job ---------------------------------------------------------------------------------------
 
-    async def start(self, user: discord.abc.User, guild: discord.Guild | None, channel_id: int,
-                    refs: list[attachments.ImageRef], opts: StyleOptions, send_status: SendStatus, *,
-                    reply_to: int | None = None, permissions: discord.Permissions | None = None) -> JobRecord:
-        """Check, download, journal and queue a job from images in messages."""
-        guild_id = guild.id if guild else None
-        bot = self.bot
-        _, limits, max_size = await bot.guild_config(guild_id)
-        admin = is_admin(user, permissions)
-        bot.scheduler.check(user.id, guild_id, limits, exempt=admin)  # before downloading anything
-        s = bot.settings
-        for ref in refs:
-            attachments.check(ref, max_bytes=s.max_attachment_bytes, allowed_hosts=s.allowed_cdn_hosts)
+    async def start(self, admission: Admission, refs: list[attachments.ImageRef], opts: StyleOptions,
+                    send_status: SendStatus, *, reply_to: int | None = None) -> JobRecord:
+        """Download the images of an admitted request, pick its style, and create the job."""
+        bot, s = self.bot, self.bot.settings
+        bot.gate.check_images(refs)  # before downloading anything
         if len(refs) == 2 and opts.preset:
             raise UsageError("Give either a second image or a preset name as the style, not both.")
+        guild_id = admission.requester.guild_id
         resolved = await bot.presets.resolve(guild_id, opts.preset) if opts.preset else None
         remembered = None
         if len(refs) == 1 and resolved is None:
-            remembered = await bot.journal.user_style(user.id)
+            remembered = await bot.journal.user_style(admission.requester.user_id)
             if remembered is None:
                 raise UsageError("I also need a style: attach a second image, or name a preset "
                                  f"(`{s.command_prefix}presets` lists them).\n{usage(s.command_prefix)}")
@@ -175,42 +158,12 @@ class Stylize(commands.Cog):
         elif resolved is not None:
             preset, label = resolved.name, f"preset {resolved.name}"
         params = JobParams(
-            size=min(opts.size or s.default_size, max_size), strength=opts.strength or render.DEFAULT_STRENGTH,
-            preserve_colors=bool(opts.keep_colours), seed=opts.seed if opts.seed is not None else _seed(),
-            preset=preset, style_label=label, steps=s.job_steps)
-        return await self.accept(user, guild_id, channel_id, content.data, content.filename, style_bytes,
-                                 style_name, params, send_status, reply_to=reply_to, limits_exempt=admin)
-
-    async def accept(self, user: discord.abc.User, guild_id: int | None, channel_id: int, content: bytes,
-                     content_name: str, style: bytes | None, style_name: str | None, params: JobParams,
-                     send_status: SendStatus, *, reply_to: int | None = None, parent_id: str | None = None,
-                     limits_exempt: bool = False) -> JobRecord:
-        """Admit (limits), journal (inputs included), tell the user, and hand the job to the runner."""
-        bot = self.bot
-        _, limits, _ = await bot.guild_config(guild_id)
-        job_id = secrets.token_hex(6)
-        bot.scheduler.admit(job_id, user.id, guild_id, limits, exempt=limits_exempt)
-        job = JobRecord(id=job_id, guild_id=guild_id, channel_id=channel_id, user_id=user.id, params=params,
-                        content_name=content_name, style_name=style_name, reply_to=reply_to, parent_id=parent_id)
-        try:
-            await bot.journal.add_job(job, content, style)
-        except BaseException:
-            bot.scheduler.release(job_id)
-            raise
-        ahead = bot.scheduler.ahead_of(job_id)
-        mention = f"<@{user.id}>"
-        text = (render.waiting_own_text(mention, job_id, ahead) if ahead
-                else render.queued_text(mention, job_id, None, None))
-        try:
-            message = await send_status(text, running_view(job_id))
-        except discord.HTTPException as exc:  # the runner posts a status message of its own
-            log.warning("could not post the status of job %s: %s", job_id, exc)
-            message = None
-        if message is not None:
-            job = await bot.journal.update_job(job, status_message_id=message.id)
-        log.info("job %s accepted from user %s in channel %s", job_id, user.id, channel_id)
-        bot.runner.spawn(job)
-        return job
+            size=min(opts.size or s.default_size, admission.max_size),
+            strength=opts.strength or render.DEFAULT_STRENGTH, preserve_colors=bool(opts.keep_colours),
+            seed=opts.seed if opts.seed is not None else _seed(), preset=preset, style_label=label, steps=s.job_steps)
+        return await bot.gate.create_job(admission, content=content.data, content_name=content.filename,
+                                         style=style_bytes, style_name=style_name, params=params,
+                                         send_status=send_status, reply_to=reply_to)
 
     # -- buttons ----------------------------------------------------------------------------------------------
 
@@ -225,7 +178,9 @@ class Stylize(commands.Cog):
         job = await bot.journal.get_job(job_id)
         if job is None:
             raise UserFacingError("I no longer know that job.")
-        if interaction.user.id != job.user_id and not is_admin(interaction.user, interaction.permissions):
+        # The new job belongs where the pressed one does; so does the gate's channel check.
+        requester = Requester.of(interaction.user, job.guild_id, job.channel_id, interaction.permissions)
+        if requester.user_id != job.user_id and not requester.admin:
             raise NotAllowed(f"Only <@{job.user_id}> (or a server admin) can use these buttons.")
         if action == "cancel":
             if await bot.runner.cancel(job, interaction.user.display_name):
@@ -233,6 +188,7 @@ class Stylize(commands.Cog):
             else:
                 raise UserFacingError("That job has already finished.")
             return
+        admission = await bot.gate.admit(requester)  # the inputs are the journal's: no image to check
         inputs = await bot.journal.inputs(job_id)
         if inputs is None:
             raise UserFacingError("The images of that job are no longer stored; please start a new one.")
@@ -254,25 +210,28 @@ class Stylize(commands.Cog):
             reference = source.to_reference(fail_if_not_exists=False) if source else None
             return await channel.send(text, view=view, reference=reference)
 
-        await bot.check_channel(job.guild_id, job.channel_id)
-        await self.accept(interaction.user, job.guild_id, job.channel_id, inputs[0], job.content_name, inputs[1],
-                          job.style_name, params, send_status, parent_id=job.id,
-                          limits_exempt=is_admin(interaction.user, interaction.permissions))
+        await bot.gate.create_job(admission, content=inputs[0], content_name=job.content_name, style=inputs[1],
+                                  style_name=job.style_name, params=params, send_status=send_status,
+                                  parent_id=job.id)
 
     # -- context menus ----------------------------------------------------------------------------------------
 
     async def stylize_with_menu(self, interaction: discord.Interaction[StyleBot], message: discord.Message) -> None:
-        refs = attachments.image_refs(message)
+        refs = attachments.image_refs(message)[:1]
+        # Refused at once rather than after a pick; the pick goes through the gate again (it creates the job).
+        await self.bot.gate.admit(Requester.of_interaction(interaction, message.channel.id), refs)
         if not refs:
             raise UsageError("That message has no image to stylize.")
         names = [n for n, _ in await self.bot.presets.names(interaction.guild_id)][:25]
         if not names:
             raise UserFacingError("There are no presets yet (and the style engine may be offline).")
-        view = PresetPicker(self, message, refs[:1], names, interaction.user.id)
+        view = PresetPicker(self, message, refs, names)
         await interaction.response.send_message("Pick a style for this image:", view=view, ephemeral=True)
 
     async def use_as_style_menu(self, interaction: discord.Interaction[StyleBot], message: discord.Message) -> None:
-        refs = attachments.image_refs(message)
+        refs = attachments.image_refs(message)[:1]
+        # Not a job (no limits, no cooldown), but it downloads an image here: the channel rule holds.
+        await self.bot.gate.admit(Requester.of_interaction(interaction, message.channel.id), refs, starts_job=False)
         if not refs:
             raise UsageError("That message has no image to use as a style.")
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -288,24 +247,27 @@ class Stylize(commands.Cog):
 class PresetPicker(discord.ui.View):
     """The ephemeral preset menu of "Stylize with…" (short-lived: it need not survive a restart)."""
 
-    def __init__(self, cog: Stylize, message: discord.Message, refs: list[attachments.ImageRef], names: list[str],
-                 user_id: int) -> None:
+    def __init__(self, cog: Stylize, message: discord.Message, refs: list[attachments.ImageRef],
+                 names: list[str]) -> None:
         super().__init__(timeout=300)
-        self.cog, self.message, self.refs, self.user_id = cog, message, refs, user_id
+        self.cog, self.message, self.refs = cog, message, refs
         self.pick.options = [discord.SelectOption(label=n, value=n) for n in names]
 
     @discord.ui.select(placeholder="Choose a preset…", custom_id="nst:pick-preset")
     async def pick(self, interaction: discord.Interaction[StyleBot], select: discord.ui.Select[Any]) -> None:
-        await interaction.response.edit_message(content=f"Stylizing with **{select.values[0]}**…", view=None)
         channel = self.message.channel
+        try:  # the guild's rules may have changed since the menu was opened
+            admission = await self.cog.bot.gate.admit(Requester.of_interaction(interaction, channel.id), self.refs)
+        except UserFacingError as exc:
+            await interaction.response.edit_message(content=exc.message, view=None)
+            return
+        await interaction.response.edit_message(content=f"Stylizing with **{select.values[0]}**…", view=None)
 
         async def send_status(text: str, view: discord.ui.View) -> discord.Message | None:
             return await channel.send(text, view=view, reference=self.message.to_reference(fail_if_not_exists=False))
 
         try:
-            await self.cog.start(interaction.user, interaction.guild, channel.id, self.refs,
-                                 StyleOptions(preset=select.values[0]), send_status,
-                                 permissions=interaction.permissions)
+            await self.cog.start(admission, self.refs, StyleOptions(preset=select.values[0]), send_status)
         except UserFacingError as exc:
             await interaction.followup.send(exc.message, ephemeral=True)
 

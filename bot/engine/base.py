@@ -15,6 +15,10 @@ from .http import JobSpec, Submitted
 
 @runtime_checkable
 class Engine(Protocol):
+    urls: list[str]
+    """The `Submitted.engine` values of this transport's jobs: a journaled job naming another engine (an earlier
+    embedded engine, or the HTTP engine before the switch to the broker) is resubmitted."""
+
     async def submit(self, spec: JobSpec) -> Submitted: ...
 
     async def status(self, engine: str, job_id: str) -> dict[str, Any]: ...

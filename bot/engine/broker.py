@@ -143,6 +143,7 @@ class BrokerEngine:
     def __init__(self, address: BrokerAddress, *, preview_side: int = 0, name: str = "nst-bot") -> None:
         self.address = address
         self.preview_side = preview_side
+        self.urls = [ENGINE_NAME]
         """Previews are asked for when the job is published: the worker that picks it up cannot be asked later."""
         self.name = name
         self._nc: NATS | None = None

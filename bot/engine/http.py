@@ -81,6 +81,7 @@ class EngineClient:
                  max_backoff: float = BACKOFF_MAX_S) -> None:
         self.session = session
         self.url = url.rstrip("/")
+        self.urls = [self.url]
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.attempts = attempts
         self.backoff = backoff

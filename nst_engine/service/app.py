@@ -68,7 +68,7 @@ def create_app(settings: EngineSettings, *, stylizer_factory: StylizerFactory | 
     app.cleanup_ctx.append(_image_executor)
     app.cleanup_ctx.append(_result_sweeper)
     app.cleanup_ctx.append(_workers)
-    app.on_shutdown.append(_drain)
+    app.on_shutdown.append(drain)
     setup_routes(app)
     return app
 
@@ -112,16 +112,17 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         worker.start()
     log.info("%d worker(s): %s", len(workers), ", ".join(devices))
     yield
-    await _drain(app)  # no-op if on_shutdown already ran; covers apps torn down without a shutdown
+    await drain(app)  # no-op if on_shutdown already ran; covers apps torn down without a shutdown
     for worker in workers:
         await worker.stop()
 
 
-async def _drain(app: web.Application) -> None:
-    """Stop intake, cancel what is queued, let running jobs finish within the grace period, then cancel them."""
+async def drain(app: web.Application) -> int:
+    """Stop intake, cancel what is queued, let running jobs finish within the grace period, then cancel them.
+    Returns how many of the running jobs finished with a result (0 when it already ran)."""
     queue = app[QUEUE_KEY]
     if queue.closed:
-        return
+        return 0
     settings = app[SETTINGS_KEY]
     metrics = app[METRICS_KEY]
     left = queue.close()
@@ -130,6 +131,7 @@ async def _drain(app: web.Application) -> None:
         metrics.job_finished(JobState.CANCELLED.value, None)
     workers = app[WORKERS_KEY]
     busy = [w for w in workers if w.current is not None]
+    running = [w.current for w in busy]
     log.info("shutting down: %d queued job(s) cancelled, %d running", len(left), len(busy))
     if busy:
         finished = await asyncio.gather(*(w.wait_idle(settings.shutdown_grace) for w in busy))
@@ -141,3 +143,4 @@ async def _drain(app: web.Application) -> None:
             if not all(stopped):
                 log.error("a running job did not stop within %gs of being cancelled", CANCEL_WAIT_SECONDS)
     app[JOBS_KEY].close_watchers()
+    return sum(1 for job in running if job is not None and job.state is JobState.DONE)

@@ -12,6 +12,8 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("done", "failed", "cancelled", "timed_out")
+# Refusal codes exported from the start: a bug, and a client that hung up mid-request (not a bug).
+WATCHED_CODES = ("internal_error", "client_aborted")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Queue waits and job times span sub-second (tiny CPU jobs) to the job time limit (minutes).
@@ -89,6 +91,8 @@ class EngineMetrics:
         r.register(_DeviceMemoryCollector(devices))
         for outcome in OUTCOMES:  # export zeros from the start, so rate() works on the first job
             self.jobs.labels(outcome)
+        for code in WATCHED_CODES:
+            self.rejected.labels(code)
         self._avg_job_seconds: float | None = None
 
     def job_finished(self, outcome: str, run_seconds: float | None) -> None:

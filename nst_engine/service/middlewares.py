@@ -21,6 +21,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Health checks answer without a token, so orchestrators and load balancers can probe them.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
+# A request whose client hung up before it was read (nginx's code): answered to nobody, counted apart from errors.
+CLIENT_CLOSED_REQUEST, CLIENT_ABORTED = 499, "client_aborted"
 # aiohttp's own HTTP errors (unknown route, wrong method, body too large...) -> our stable codes.
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -49,9 +51,9 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
-                   **extra: Any) -> web.Response:
+                   reason: str | None = None, **extra: Any) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status,
-                             headers=headers)
+                             reason=reason, headers=headers)
 
 
 def _as_api_error(exc: Exception) -> ApiError | None:
@@ -82,12 +84,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
         return error_response(exc.status, code, message, headers)
     except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become a 500 (and a log line)
+        if _client_gone(request, exc):
+            # Not our fault and nobody reads the answer: a client timeout, a restarted bot, a dropped upload.
+            log.info("%s %s: the client hung up before the request was read (%s)", request.method, request.path,
+                     type(exc).__name__)
+            _count_rejection(request, CLIENT_ABORTED)
+            return error_response(CLIENT_CLOSED_REQUEST, CLIENT_ABORTED, "The client closed the connection.",
+                                  reason="Client Closed Request")
         api = _as_api_error(exc)
         if api is None:
             log.exception("unhandled error in %s %s", request.method, request.path)
             api = ApiError(500, "internal_error", "Something went wrong in the engine.")
         _count_rejection(request, api.code)
         return error_response(api.status, api.code, api.message, api.headers, **api.extra)
+
+
+def _client_gone(request: web.Request, exc: Exception) -> bool:
+    """Whether `exc` comes from the client hanging up (mid-upload, say) rather than from a bug here."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) or transport is None or transport.is_closing()
 
 
 def _count_rejection(request: web.Request, code: str) -> None:

@@ -1,24 +1,34 @@
 """`python -m nst_engine serve`: settings from the environment, logging, then the aiohttp app until SIGTERM.
 
-SIGTERM/SIGINT (handled by `web.run_app`) stop the listener; the app's shutdown hook then refuses new jobs,
-cancels queued ones, gives the running job ENGINE_SHUTDOWN_GRACE seconds and cancels it after that.
+SIGTERM or SIGINT drains before anything closes: the listener stays open, new jobs get `503 shutting_down`
+with Retry-After, queued jobs are cancelled, the running job gets ENGINE_SHUTDOWN_GRACE seconds (cancelled
+after that), and a result finished meanwhile stays fetchable for RESULT_LINGER_S. Only then do the listener
+and the connections close.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import sys
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 
 from .settings import EngineSettings, SettingsError
 
 log = logging.getLogger("nst_engine.service.serve")
 
-# After the shutdown hook has drained the jobs, open requests get this long before connections close.
+# After the drain, open requests get this long before connections close.
 HTTP_SHUTDOWN_TIMEOUT = 10.0
+# A job that finished during the drain: its client fetches the result right after the final event (well
+# under a second); the listener stays open this long for it.
+RESULT_LINGER_S = 5.0
+# Probes that come every few seconds: logged at DEBUG, so the INFO log shows real traffic.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,15 +86,39 @@ def main(argv: list[str]) -> int:
         ", ".join(devices), settings.presets_dir,
     )
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT,
-            print=None,
-            handle_signals=True,
-        )
+        asyncio.run(_serve(create_app(settings), settings))
     except OSError as exc:  # e.g. the port is taken
         return _fail([f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"])
     log.info("engine stopped")
     return 0
+
+
+class QuietAccessLogger(AccessLogger):
+    """aiohttp's access log, with health and metrics probes at DEBUG."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path in QUIET_PATHS and response.status < 400:
+            if self.logger.isEnabledFor(logging.DEBUG):
+                self.logger.debug("%s %s %d", request.method, request.path, response.status)
+            return
+        super().log(request, response, time)
+
+
+async def _serve(app: web.Application, settings: EngineSettings) -> None:
+    """Serve until SIGTERM/SIGINT; drain while still listening, then close."""
+    from .app import drain
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the (slow) start-up, so a stop then is clean too
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, access_log_class=QuietAccessLogger, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        await stop.wait()
+        log.info("stop signal received: draining (new jobs get 503 shutting_down)")
+        if await drain(app):
+            await asyncio.sleep(RESULT_LINGER_S)
+    finally:
+        await runner.cleanup()  # closes the listener and the connections; the app's shutdown hooks and cleanup

@@ -32,9 +32,11 @@ def _clean(text: str | None) -> str:
 async def test_prefix_misuse_is_answered(harness, engine, discord_double: DiscordDouble, content, files, expected):
     double = discord_double
     async with harness.run(engine):
-        await double.post_message(content, attachments=files)
+        posted = await double.post_message(content, attachments=files)
         reply = await double.wait_for("message_create")
     assert expected in _clean(reply.content)
+    # A reply to the user's message: in a busy channel they see it is theirs.
+    assert reply.message["message_reference"]["message_id"] == posted["id"]
     assert engine.fake.calls == []
 
 

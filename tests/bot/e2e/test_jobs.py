@@ -312,3 +312,42 @@ async def test_cancel_before_the_job_task_takes_its_first_step(harness, engine, 
     assert answered == [True]
     assert "cancelled" in final["content"]
     assert engine.fake.calls == []  # it never reached the engine
+
+
+async def test_an_engine_restarted_with_another_token_gets_the_job_again(harness, engine_factory,
+                                                                         discord_double: DiscordDouble):
+    """ENGINE_TOKEN rotated: the engine restarted on the same address with a new token, and the bot with it.
+    The new engine never had the job: it is resubmitted, not failed."""
+    double = discord_double
+    engine = await engine_factory()
+    engine.fake.hold = True
+    async with harness.run(engine) as bot:
+        await double.post_message("!stylize", attachments=TWO)
+        status = await double.wait_for("message_create")
+        job_id = job_id_of(status.content)
+        await double.wait_for("message_edit", lambda a: a.message_id == status.message_id and "started" in a.content)
+        first_engine_job = (await bot.journal.get_job(job_id)).engine_job_id
+    await engine.stop()
+    new_token = "a-new-engine-token-0123456789"
+    restarted = await engine_factory(port=engine.port, token=new_token)
+    async with harness.run(restarted, engine_token=new_token) as bot:
+        final = await final_of(double, status.message_id, timeout=20)
+        record = await settled(bot, job_id)
+    assert final["attachments"] and "done" in final["content"]
+    assert record.engine_job_id != first_engine_job and record.attempts == 2
+
+
+async def test_a_token_the_engine_refuses_ends_the_job_with_that_reason(harness, engine, discord_double: DiscordDouble):
+    """The bot restarted with a token the (still running) engine refuses: its job's calls get 401. The job is
+    resubmitted, the submission is refused too, and the user gets the engine's sentence, not a generic failure."""
+    double = discord_double
+    engine.fake.hold = True
+    async with harness.run(engine):
+        await double.post_message("!stylize", attachments=TWO)
+        status = await double.wait_for("message_create")
+        await double.wait_for("message_edit", lambda a: a.message_id == status.message_id and "started" in a.content)
+    async with harness.run(engine, engine_token="not-the-engine-token-0123456789") as bot:
+        final = await final_of(double, status.message_id, timeout=20)
+        record = await settled(bot, job_id_of(status.content))
+    assert "❌" in final["content"] and "A valid engine token is required." in final["content"]
+    assert record.error == "unauthorized"

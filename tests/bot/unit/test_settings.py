@@ -96,7 +96,7 @@ async def test_embedded_engine_starts_on_loopback_with_a_token_and_stops(tmp_pat
             assert "mosaic" in await client.presets()
         finally:
             await engine.stop()
-    assert engine._proc is None
+    assert not engine.running
 
 
 def test_broker_settings():

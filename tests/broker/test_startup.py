@@ -67,3 +67,17 @@ async def test_bot_refused_credentials_and_no_jetstream(nats_server, server_with
     await ok.start()
     assert ok.connected
     await ok.close()
+
+
+def run_bot(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "DISCORD_TOKEN": "not-used-the-broker-fails-first"}
+    return subprocess.run([sys.executable, "-m", "bot"], env={**base, **env}, cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bot_stops_with_one_line_on_refused_credentials(nats_server, tmp_path: Path) -> None:
+    result = run_bot(tmp_path, ENGINE_BROKER_URL=nats_server.url, ENGINE_BROKER_TOKEN="not-the-right-token-at-all")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "refused the credentials" in errors[0]
+    assert "not-the-right-token" not in result.stderr

@@ -46,7 +46,7 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 FROM base AS bot
 
 # What `bot/` imports, at the versions pyproject.toml pins (tests/test_deploy_files.py keeps this list complete).
-RUN pip install --constraint /app/constraints.txt "discord.py" aiohttp pillow
+RUN pip install --constraint /app/constraints.txt "discord.py" aiohttp pillow nats-py
 
 COPY bot/ bot/
 # /data holds the SQLite journal (a volume in compose.yaml); a new named volume takes over its owner.

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SIZE ?= 256
 
-.PHONY: demo stylize test bench bench-service run-engine fetch-presets clean
+.PHONY: demo stylize test bench bench-service bench-broker run-engine fetch-presets clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(VENV)/.installed-bench
 
 bench-service: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_service.py
+
+## The broker path against HTTP: per-job overhead, throughput with 1/2/4 workers, failover time (~1 minute)
+bench-broker: $(VENV)/.installed-test
+	$(PY) benchmarks/bench_broker.py
 
 ## The engine HTTP service on 127.0.0.1:8765 (set ENGINE_TOKEN to listen elsewhere)
 run-engine: $(VENV)/.installed-test

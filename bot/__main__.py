@@ -1,7 +1,8 @@
 """`python -m bot`: settings (environment, then `.env`), logging, then the bot until SIGTERM or Ctrl-C.
 
 With no ENGINE_URLS the bot starts a local engine process first (embedded default), so this one command
-runs everything on one machine.
+runs everything on one machine. With ENGINE_BROKER_URL it publishes jobs to a NATS JetStream queue instead,
+and GPU workers on any machine (`python -m nst_engine work`) pull them.
 
 SIGTERM and SIGINT stop it the same way: unfinished jobs stay in the journal (the next start picks them up),
 the Discord connection closes, the embedded engine stops. Start-up problems end in one sentence saying what
@@ -21,9 +22,12 @@ import discord
 
 from .backoff import Backoff
 from .client import StyleBot
+from .engine.base import Engine
+from .engine.broker import BrokerAddress, BrokerEngine, BrokerRefused
 from .engine.http import EngineClient
 from .engine.process import EmbeddedEngine, EngineStartError, engine_installed
 from .journal import Journal
+from .runner import PREVIEW_SIDE
 from .settings import BotSettings, SettingsError, environment
 
 log = logging.getLogger("bot")
@@ -68,7 +72,8 @@ def _not_about_voice(record: logging.LogRecord) -> bool:
 def setup_logging(settings: BotSettings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RedactToken(settings.discord_token, settings.engine_token))
+    handler.addFilter(_RedactToken(settings.discord_token, settings.engine_token, settings.engine_broker_token,
+                                   settings.engine_broker_password))
     handler.addFilter(_not_about_voice)
     root = logging.getLogger()
     root.addHandler(handler)
@@ -119,13 +124,17 @@ async def run(settings: BotSettings) -> int:
 
 async def serve(settings: BotSettings) -> None:
     async with aiohttp.ClientSession() as session:
+        if settings.engine_broker_url is not None:
+            await serve_with_broker(settings, session)
+            return
         embedded = None
-        urls, token = list(settings.engine_urls), settings.engine_token
+        url, token = settings.engine_url, settings.engine_token
         if settings.embedded_engine:
             if not engine_installed():
                 raise StartupError(NO_ENGINE)
             embedded = EmbeddedEngine(start_timeout=settings.engine_start_timeout)
-            urls, token = [embedded.url], embedded.token
+            url, token = embedded.url, embedded.token
+        assert url is not None
         try:
             if embedded is not None:
                 try:
@@ -134,14 +143,32 @@ async def serve(settings: BotSettings) -> None:
                     raise StartupError(str(exc), EXIT_ENGINE) from None
             journal = await Journal.open(settings.db_path)
             async with journal:
-                await run_bot(settings, session, journal, EngineClient(session, urls, token))
+                await run_bot(settings, session, journal, EngineClient(session, url, token))
         finally:
             if embedded is not None:
                 await embedded.stop()
 
 
-async def run_bot(settings: BotSettings, session: aiohttp.ClientSession, journal: Journal,
-                  engine: EngineClient) -> None:
+async def serve_with_broker(settings: BotSettings, session: aiohttp.ClientSession) -> None:
+    """GPU workers pull the jobs from a NATS JetStream queue. Refused credentials or a broker without JetStream
+    are mistakes; an unreachable broker is an outage: the bot runs, and jobs wait ("the style engine is offline")."""
+    assert settings.engine_broker_url is not None
+    address = BrokerAddress(settings.engine_broker_url, settings.engine_broker_token, settings.engine_broker_user,
+                            settings.engine_broker_password, settings.engine_broker_tls_ca)
+    engine = BrokerEngine(address, preview_side=PREVIEW_SIDE if settings.preview_interval > 0 else 0)
+    try:
+        await engine.start()
+    except BrokerRefused as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        journal = await Journal.open(settings.db_path)
+        async with journal:
+            await run_bot(settings, session, journal, engine)
+    finally:
+        await engine.close()
+
+
+async def run_bot(settings: BotSettings, session: aiohttp.ClientSession, journal: Journal, engine: Engine) -> None:
     """Log in (retrying while Discord is unreachable), then stay connected until the bot is closed."""
     backoff = Backoff(DISCORD_RETRY_FIRST_S, DISCORD_RETRY_MAX_S)
     while True:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .engine.http import EngineClient
+from .engine.base import Engine
 from .errors import EngineError, UnknownPreset
 from .journal import Journal
 from .options import normalize_preset_name
@@ -30,7 +30,7 @@ class ResolvedPreset:
 
 
 class PresetCatalog:
-    def __init__(self, journal: Journal, engine: EngineClient, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, journal: Journal, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.journal = journal
         self.engine = engine
         self._clock = clock

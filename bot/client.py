@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from .catalog import PresetCatalog
-from .engine.http import EngineClient
+from .engine.base import Engine
 from .errors import UserFacingError
 from .gate import Gate
 from .jobs import GuildConfig
@@ -96,7 +96,7 @@ async def reply_to_interaction(interaction: discord.Interaction[Any], text: str)
 
 class StyleBot(commands.Bot):
     def __init__(self, settings: BotSettings, *, session: aiohttp.ClientSession, journal: Journal,
-                 engine: EngineClient, **options: Any) -> None:
+                 engine: Engine, **options: Any) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned_or(settings.command_prefix),
             intents=options.pop("intents", intents()),

@@ -91,6 +91,11 @@ def progress_text(mention: str, job_id: str, progress: Progress) -> str:
             f"{scale_part}{size_part}{eta_part}")
 
 
+def notice_text(mention: str, job_id: str, message: str) -> str:
+    """Something happened to a running job that the user should know (the engine's sentence)."""
+    return f"{mention} ⚠️ Job `{job_id}`: {message}"
+
+
 def started_text(mention: str, job_id: str) -> str:
     return f"{mention} 🎨 Job `{job_id}` has started."
 

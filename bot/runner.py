@@ -18,7 +18,7 @@ import discord
 
 from . import render
 from .backoff import Backoff
-from .engine.events import Final, FinalState, Preview, Progress, Queued, Started
+from .engine.events import Final, FinalState, Notice, Preview, Progress, Queued, Started
 from .engine.http import JobSpec
 from .errors import EngineBusy, EngineError, EngineUnavailable, JobLost
 from .jobs import JobRecord, JobState
@@ -33,14 +33,14 @@ log = logging.getLogger(__name__)
 PREVIEW_SIDE = 192
 # First wait before retrying an offline engine; doubles up to settings.engine_retry_max_seconds.
 RETRY_START_S = 1.0
-# With several engines, a job whose engine stays unreachable this many times in a row is resubmitted elsewhere.
-FAILOVER_AFTER = 3
 # When Discord still says the file is too large (413, code 40005): try again this many times, each time
 # with this fraction of the bytes that were refused.
 UPLOAD_RETRIES, UPLOAD_SHRINK = 6, 0.6
 # Room left in the upload for the multipart framing and the message's JSON; the smallest budget the
 # engine accepts (docs/engine-api.md, byte_budget).
 UPLOAD_MARGIN, MIN_UPLOAD_BUDGET = 64 * 1024, 64 * 1024
+# Engine notices the user sees as they happen (the others, such as a capped size, are in the final state).
+USER_NOTICES = frozenset({"worker_lost", "worker_restarted", "oom_retry", "memory_capped"})
 GENERIC_FAILURE = "something went wrong on my side. Please try again."
 # On shutdown, how long the Discord requests that jobs had in flight may take to finish.
 CLOSE_IO_TIMEOUT_S = 10.0
@@ -202,7 +202,6 @@ class JobRunner:
 
     async def _drive(self, status: StatusMessage) -> None:
         backoff = Backoff(RETRY_START_S, self.bot.settings.engine_retry_max_seconds)
-        unreachable = 0
         while True:
             job = status.job
             if job.engine_job_id is not None and job.engine_url not in self.bot.engine.urls:
@@ -231,7 +230,6 @@ class JobRunner:
                     job, state=JobState.SUBMITTED, engine_url=submitted.engine, engine_job_id=submitted.job_id,
                     attempts=job.attempts + 1)
                 backoff.reset()
-                unreachable = 0
                 continue
             try:
                 final = await self._follow(status)
@@ -240,13 +238,7 @@ class JobRunner:
                 status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None, engine_job_id=None)
                 continue
             except EngineUnavailable as exc:
-                unreachable += 1
                 log.info("engine unreachable for job %s: %s", job.id, exc.detail)
-                if unreachable >= FAILOVER_AFTER and len(self.bot.engine.urls) > 1:
-                    status.job = await self.bot.journal.update_job(job, state=JobState.PENDING, engine_url=None,
-                                                                   engine_job_id=None)
-                    unreachable = 0
-                    continue
                 await status.show(render.offline_text(status.mention, job.id), force=True)
                 await asyncio.sleep(backoff.next())
                 continue
@@ -292,6 +284,8 @@ class JobRunner:
                     text = render.progress_text(mention, job.id, last_progress) if last_progress else (
                         render.started_text(mention, job.id))
                     await status.show(text, force=True, preview=image)
+                case Notice(message=message) if event.code in USER_NOTICES:
+                    await status.show(render.notice_text(mention, job.id, message), force=True)
                 case Final():
                     return event
         raise EngineUnavailable("the event stream ended without a final event")
@@ -380,4 +374,5 @@ class JobRunner:
             style_name=job.style_name, preset=p.preset, size=p.size, steps=p.steps or self.bot.settings.job_steps,
             strength=render.STRENGTHS.get(p.strength, render.STRENGTHS[render.DEFAULT_STRENGTH]),
             preserve_colors=p.preserve_colors, seed=p.seed, byte_budget=self.upload_budget(job),
+            key=f"{job.id}-{job.attempts}",
         )

@@ -6,12 +6,14 @@ repr or a log line.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -32,8 +34,13 @@ VARIABLES: dict[str, str] = {
     "COMMAND_PREFIX": "prefix of text commands (default !)",
     "DEV_GUILD_ID": "sync slash commands to this guild at start (instant); otherwise use the owner's !sync",
     "OWNER_IDS": "comma-separated user ids allowed to run owner commands (default: the application owner)",
-    "ENGINE_URLS": "comma-separated engine base URLs; empty = start a local engine process (embedded)",
-    "ENGINE_TOKEN": "bearer token of the engine(s) in ENGINE_URLS",
+    "ENGINE_URLS": "the engine's base URL; empty = start a local engine process (embedded)",
+    "ENGINE_TOKEN": "bearer token of the engine in ENGINE_URLS",
+    "ENGINE_BROKER_URL": "nats://host:4222 (or tls://): send jobs to a NATS JetStream queue that GPU workers pull from",
+    "ENGINE_BROKER_TOKEN": "token of the NATS broker (or ENGINE_BROKER_USER and _PASSWORD); required off loopback",
+    "ENGINE_BROKER_USER": "user name on the NATS broker",
+    "ENGINE_BROKER_PASSWORD": "password on the NATS broker (never logged)",
+    "ENGINE_BROKER_TLS_CA": "a CA file to verify the broker's TLS certificate with (implies TLS)",
     "BOT_DB_PATH": "SQLite file for the job journal, presets and guild settings (default data/bot.sqlite3)",
     "MAX_QUEUED_PER_USER": "jobs a user may have waiting besides the running one (default 2)",
     "USER_COOLDOWN_SECONDS": "seconds between two jobs of one user (default 10)",
@@ -64,8 +71,14 @@ class BotSettings:
     command_prefix: str = "!"
     dev_guild_id: int | None = None
     owner_ids: tuple[int, ...] = ()
-    engine_urls: tuple[str, ...] = ()
+    engine_url: str | None = None
+    """ENGINE_URLS: one engine over HTTP; None: the embedded engine (or the broker)."""
     engine_token: str | None = field(default=None, repr=False)
+    engine_broker_url: str | None = None
+    engine_broker_token: str | None = field(default=None, repr=False)
+    engine_broker_user: str | None = None
+    engine_broker_password: str | None = field(default=None, repr=False)
+    engine_broker_tls_ca: Path | None = None
     db_path: Path = Path("data/bot.sqlite3")
     max_queued_per_user: int = 2
     user_cooldown_seconds: float = 10.0
@@ -95,9 +108,15 @@ class BotSettings:
             p.append("DISCORD_TOKEN contains spaces (paste the token alone, without 'Bot ')")
         if not self.command_prefix or len(self.command_prefix) > 5 or re.search(r"\s", self.command_prefix):
             p.append("COMMAND_PREFIX must be 1-5 characters without spaces")
-        for url in self.engine_urls:
-            if not re.match(r"^https?://[^/\s]+", url):
-                p.append(f"ENGINE_URLS: {url!r} is not an http(s) URL")
+        if self.engine_url is not None and "," in self.engine_url:
+            p.append("ENGINE_URLS takes one engine; for several GPU hosts run workers on a broker instead "
+                     "(ENGINE_BROKER_URL, docs/self-hosting.md)")
+        elif self.engine_url is not None and not re.match(r"^https?://[^/\s]+", self.engine_url):
+            p.append(f"ENGINE_URLS: {self.engine_url!r} is not an http(s) URL")
+        if self.engine_broker_url is not None and self.engine_url is not None:
+            p.append("set either ENGINE_URLS (one engine over HTTP) or ENGINE_BROKER_URL (GPU workers), not both")
+        p += _broker_problems(self.engine_broker_url, self.engine_broker_token, self.engine_broker_user,
+                              self.engine_broker_password)
         if self.max_queued_per_user < 0:
             p.append(f"MAX_QUEUED_PER_USER must not be negative, got {self.max_queued_per_user}")
         if self.user_cooldown_seconds < 0:
@@ -128,8 +147,8 @@ class BotSettings:
 
     @property
     def embedded_engine(self) -> bool:
-        """No ENGINE_URLS: the bot starts a local engine process itself."""
-        return not self.engine_urls
+        """No ENGINE_URLS and no broker: the bot starts a local engine process itself."""
+        return self.engine_url is None and self.engine_broker_url is None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BotSettings:
@@ -150,8 +169,11 @@ class BotSettings:
         take("COMMAND_PREFIX", "command_prefix", str, "text")
         take("DEV_GUILD_ID", "dev_guild_id", _snowflake, "a guild id (a number)")
         take("OWNER_IDS", "owner_ids", lambda s: tuple(_snowflake(x) for x in _split(s)), "comma-separated user ids")
-        take("ENGINE_URLS", "engine_urls", lambda s: tuple(u.rstrip("/") for u in _split(s)), "comma-separated URLs")
+        take("ENGINE_URLS", "engine_url", lambda s: s.rstrip("/"), "a URL")
         take("ENGINE_TOKEN", "engine_token", str, "text")
+        for var in ("ENGINE_BROKER_URL", "ENGINE_BROKER_TOKEN", "ENGINE_BROKER_USER", "ENGINE_BROKER_PASSWORD"):
+            take(var, var.lower(), str, "text")
+        take("ENGINE_BROKER_TLS_CA", "engine_broker_tls_ca", Path, "a file path")
         take("BOT_DB_PATH", "db_path", Path, "a file path")
         for var, attr in (("MAX_QUEUED_PER_USER", "max_queued_per_user"), ("GUILD_QUEUE_CAP", "guild_queue_cap"),
                           ("DEFAULT_SIZE", "default_size"), ("MAX_SIZE", "max_size"), ("JOB_STEPS", "job_steps"),
@@ -173,6 +195,39 @@ class BotSettings:
             return cls(**values)
         except SettingsError as exc:
             raise SettingsError(problems + exc.problems) from None
+
+
+def _broker_problems(url: str | None, token: str | None, user: str | None, password: str | None) -> list[str]:
+    """The same rules as the workers' (nst_engine/service/settings.py): a nats:// or tls:// URL without
+    credentials in it, and a token or a user and password for a broker off loopback."""
+    if url is None:
+        return []
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        return [f"ENGINE_BROKER_URL has an invalid port: {url!r}"]
+    if parts.scheme not in ("nats", "tls") or not parts.hostname:
+        return [f"ENGINE_BROKER_URL must look like nats://host:4222 or tls://host:4222, got {url!r}"]
+    p: list[str] = []
+    if parts.username or parts.password:
+        p.append("ENGINE_BROKER_URL must not hold credentials; use ENGINE_BROKER_TOKEN or ENGINE_BROKER_USER/_PASSWORD")
+    if (user is None) != (password is None):
+        p.append("ENGINE_BROKER_USER and ENGINE_BROKER_PASSWORD go together")
+    if token is not None and user is not None:
+        p.append("set either ENGINE_BROKER_TOKEN or ENGINE_BROKER_USER/_PASSWORD, not both")
+    if token is None and user is None and not _is_loopback(parts.hostname):
+        p.append("ENGINE_BROKER_TOKEN (or ENGINE_BROKER_USER and _PASSWORD) is required for a broker off loopback")
+    return p
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _split(raw: str) -> list[str]:

@@ -70,7 +70,7 @@ async def run_demo(content: Path, style: Path, out: Path, size: int, steps: int 
             try:
                 journal = await Journal.open(settings.db_path)
                 async with journal:
-                    client = EngineClient(session, [engine.url], engine.token)
+                    client = EngineClient(session, engine.url, engine.token)
                     bot = StyleBot(settings, session=session, journal=journal, engine=client)
                     with pointed_at(double.url):
                         async with running(bot, double, wait_ready=True, timeout=60):

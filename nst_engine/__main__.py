@@ -1,4 +1,4 @@
-"""`python -m nst_engine {stylize,texture,explain,samples,serve,fetch-presets} ...`"""
+"""`python -m nst_engine {stylize,texture,explain,samples,serve,work,fetch-presets} ...`"""
 from __future__ import annotations
 
 import sys
@@ -11,6 +11,7 @@ commands:
   explain        one sheet that shows a painting's style layer by layer (see `explain --help`)
   samples        write a sample photo and a generated style image into a folder
   serve          run the engine HTTP service (see `serve --help`)
+  work           pull jobs from a NATS JetStream broker, one worker per GPU (see `work --help`)
   fetch-presets  download and verify the default style presets (see `fetch-presets --help`)
 """
 
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from .service.serve import main as serve_main
 
         return serve_main(rest)
+    if command == "work":
+        from .service.work import main as work_main
+
+        return work_main(rest)
     if command == "fetch-presets":
         from .fetch_presets import main as fetch_presets_main
 

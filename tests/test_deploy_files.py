@@ -257,7 +257,7 @@ def test_compose_hands_every_setting_to_the_service_that_reads_it() -> None:
     tokens = {"ENGINE_TOKEN": "x" * 32, "DISCORD_TOKEN": "token-for-the-test"}
     engine = EngineSettings.from_env({k: _interpolate(v, tokens) for k, v in engine_env.items()})
     bot = BotSettings.from_env({k: _interpolate(v, tokens) for k, v in bot_env.items()})
-    assert bot.engine_urls == (f"http://engine:{engine.port}",)
+    assert bot.engine_url == f"http://engine:{engine.port}"
     assert bot.engine_token == engine.token
 
 
@@ -271,7 +271,7 @@ def _interpolate(value: str, env: Mapping[str, str]) -> str:
 
 def test_every_variable_compose_interpolates_is_in_env_example() -> None:
     documented = {line.name for line in env_example()}
-    for name in ("compose.yaml", "compose.cpu.yaml"):
+    for name in ("compose.yaml", "compose.cpu.yaml", "compose.broker.yaml"):
         lines = (REPO / name).read_text(encoding="utf-8").splitlines()
         text = "\n".join(line for line in lines if not line.lstrip().startswith("#")).replace("$$", "")
         used = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", text))
@@ -293,6 +293,26 @@ def test_the_cpu_override_drops_the_gpu_reservation() -> None:
     engine = compose("compose.cpu.yaml")["services"]["engine"]
     assert engine["deploy"]["resources"]["reservations"]["devices"] == {"!tag": "!reset", "value": []}
     assert engine["environment"]["ENGINE_DEVICE"] == "cpu"
+
+
+def test_the_broker_override_runs_workers_behind_an_authenticated_jetstream() -> None:
+    data = compose("compose.broker.yaml")
+    nats, engine, bot = data["services"]["nats"], data["services"]["engine"], data["services"]["bot"]
+    command = " ".join(nats["command"])
+    assert "--jetstream" in command and "--store_dir /data" in command and "--auth ${ENGINE_BROKER_TOKEN:?" in command
+    assert any(v.endswith(":/data") and v.split(":")[0] in data["volumes"] for v in nats["volumes"])
+    assert nats["healthcheck"]["test"][0] == "CMD" and "js-enabled-only" in " ".join(nats["healthcheck"]["test"])
+    assert engine["command"] == ["python", "-m", "nst_engine", "work"]
+    assert bot["depends_on"] == {"!tag": "!override", "value": {"nats": {"condition": "service_healthy"}}}
+    # What the containers get, base file and override together, with only the tokens in .env, is valid.
+    tokens = {"ENGINE_TOKEN": "x" * 32, "DISCORD_TOKEN": "token-for-the-test", "ENGINE_BROKER_TOKEN": "y" * 32}
+    engine_env = {**_environment(_service("engine")), **engine["environment"]}
+    bot_env = {**_environment(_service("bot")), **bot["environment"]}
+    worker = EngineSettings.from_env({k: _interpolate(v, tokens) for k, v in engine_env.items()})
+    settings = BotSettings.from_env({k: _interpolate(v, tokens) for k, v in bot_env.items()})
+    assert worker.broker_url == settings.engine_broker_url == "nats://nats:4222"
+    assert worker.broker_token == settings.engine_broker_token == "y" * 32
+    assert settings.engine_url is None and not settings.embedded_engine
 
 
 def test_the_bot_waits_for_a_healthy_engine() -> None:

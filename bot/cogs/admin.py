@@ -13,7 +13,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from ..errors import UsageError
+from ..engine.broker import BrokerEngine
+from ..errors import EngineError, UsageError
 from ..jobs import GuildConfig
 from ..settings import MAX_SIZE_LIMIT, MIN_SIZE
 
@@ -150,9 +151,28 @@ class Admin(commands.Cog):
     @commands.is_owner()
     async def queue(self, ctx: commands.Context[StyleBot]) -> None:
         """How many jobs the bot is following, and whether the engines are ready."""
+        engine = self.bot.engine
+        if isinstance(engine, BrokerEngine):
+            await ctx.send(await broker_overview(len(self.bot.scheduler), engine))
+            return
         ready = await self.bot.engine.ready()
-        await ctx.send(f"{len(self.bot.scheduler)} unfinished job(s); engine {'ready' if ready else 'not ready'} "
-                       f"({len(self.bot.engine.urls)} configured).")
+        await ctx.send(f"{len(self.bot.scheduler)} unfinished job(s); engine {'ready' if ready else 'not ready'}.")
+
+
+async def broker_overview(unfinished: int, engine: BrokerEngine) -> str:
+    """!queue in broker mode: the depth of the shared queue and each live worker with its device."""
+    try:
+        queue = await engine.queue()
+    except EngineError:
+        return f"{unfinished} unfinished job(s); the broker is unreachable, so the style engine is offline."
+    lines = [f"{unfinished} unfinished job(s) here; {queue['queued']} waiting in the shared queue; "
+             f"{len(queue['workers'])} worker(s):"]
+    for w in queue["workers"]:
+        doing = f"running `{w['job_id']}`" if w.get("job_id") else "idle"
+        lines.append(f"- `{w.get('host')}` {w.get('device')}: {doing}, {w.get('jobs_done', 0)} done")
+    if not queue["workers"]:
+        lines.append("- none: jobs wait until a GPU worker starts (`python -m nst_engine work`).")
+    return "\n".join(lines)
 
 
 async def setup(bot: StyleBot) -> None:

@@ -2,16 +2,15 @@
 
 One shared `aiohttp.ClientSession` (owned by the bot). Every call retries 429 and 5xx answers and
 connection errors with exponential backoff and jitter (honouring `Retry-After`), then raises
-`EngineBusy` (429) or `EngineUnavailable` (down / 5xx). With several engines, jobs go to the healthy one
-with the shortest queue; a job's later calls go to the engine that holds it.
+`EngineBusy` (429) or `EngineUnavailable` (down / 5xx). One engine: several GPU hosts are the broker's job
+(`broker.BrokerEngine`), where workers pull from one queue instead of the bot guessing which engine is free.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +29,6 @@ BACKOFF_BASE_S, BACKOFF_MAX_S = 0.5, 8.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 # The engine sends a ping line after 15 s of silence; three missed pings means the stream is dead.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=45)
-# How long a /v1/queue answer is trusted when choosing an engine.
-HEALTH_TTL_S = 2.0
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -51,6 +48,8 @@ class JobSpec:
     preserve_colors: bool = False
     seed: int | None = None
     byte_budget: int | None = None
+    key: str | None = None
+    """The bot's name for this submission (job id and attempt): the broker de-duplicates on it."""
 
     def form(self) -> aiohttp.FormData:
         form = aiohttp.FormData()
@@ -76,30 +75,20 @@ class Submitted:
     status: dict[str, Any]
 
 
-@dataclass
-class _Health:
-    at: float
-    ok: bool
-    load: float
-
-
 class EngineClient:
-    def __init__(self, session: aiohttp.ClientSession, urls: Sequence[str], token: str | None = None, *,
-                 attempts: int = DEFAULT_ATTEMPTS, backoff: float = BACKOFF_BASE_S, max_backoff: float = BACKOFF_MAX_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if not urls:
-            raise ValueError("at least one engine URL is needed")
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str | None = None, *,
+                 attempts: int = DEFAULT_ATTEMPTS, backoff: float = BACKOFF_BASE_S,
+                 max_backoff: float = BACKOFF_MAX_S) -> None:
         self.session = session
-        self.urls = [u.rstrip("/") for u in urls]
+        self.url = url.rstrip("/")
+        self.urls = [self.url]
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.attempts = attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._clock = clock
-        self._health: dict[str, _Health] = {}
 
     def __repr__(self) -> str:  # never the token
-        return f"<EngineClient {', '.join(self.urls)}>"
+        return f"<EngineClient {self.url}>"
 
     # -- the low level: one request with retries ---------------------------------------------------------
 
@@ -132,55 +121,13 @@ class EngineClient:
             raise last
         raise EngineUnavailable(f"{method} {url}: {last.status} {last.code}", retry_after=last.retry_after)
 
-    # -- choosing an engine -----------------------------------------------------------------------------------
-
-    async def _probe(self, url: str) -> _Health:
-        cached = self._health.get(url)
-        now = self._clock()
-        if cached is not None and now - cached.at < HEALTH_TTL_S:
-            return cached
-        try:
-            body = await self._request("GET", f"{url}/v1/queue", attempts=1)
-            workers = [w for w in body.get("workers", []) if w.get("state") == "ready"]
-            ok = bool(body.get("accepting", True)) and bool(workers)
-            load = (body.get("queued", 0) + len(body.get("running", []))) / max(1, len(workers))
-        except EngineError as exc:
-            log.debug("engine %s is not healthy: %s", url, exc.code)
-            ok, load = False, float("inf")
-        health = _Health(now, ok, load)
-        self._health[url] = health
-        return health
-
-    async def choose(self, exclude: Sequence[str] = ()) -> list[str]:
-        """Engines to try, best first: healthy ones by shortest queue, then the others (they may be back)."""
-        candidates = [u for u in self.urls if u not in exclude] or list(self.urls)
-        if len(candidates) == 1:
-            return candidates
-        healths = await asyncio.gather(*(self._probe(u) for u in candidates))
-        ranked = sorted(zip(candidates, healths), key=lambda uh: (not uh[1].ok, uh[1].load))
-        return [u for u, _ in ranked]
-
-    def forget_health(self, url: str) -> None:
-        self._health.pop(url, None)
-
     # -- jobs ---------------------------------------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec) -> Submitted:
-        """POST /v1/jobs on the best engine; falls over to the next one when an engine is down or full."""
-        order = await self.choose()
-        last: EngineError | None = None
-        for i, url in enumerate(order):
-            try:
-                body = await self._request("POST", f"{url}/v1/jobs", form=spec.form,
-                                           attempts=self.attempts if i == len(order) - 1 else 2)
-            except (EngineUnavailable, EngineBusy) as exc:
-                self.forget_health(url)
-                last = exc
-                continue
-            log.info("job %s submitted to %s for requester %s", body["job_id"], url, spec.requester)
-            return Submitted(url, body["job_id"], body)
-        assert last is not None
-        raise last
+        """POST /v1/jobs; EngineUnavailable or EngineBusy when the engine is down or full."""
+        body = await self._request("POST", f"{self.url}/v1/jobs", form=spec.form)
+        log.info("job %s submitted to %s for requester %s", body["job_id"], self.url, spec.requester)
+        return Submitted(self.url, body["job_id"], body)
 
     async def status(self, engine: str, job_id: str) -> dict[str, Any]:
         try:
@@ -235,37 +182,25 @@ class EngineClient:
     # -- presets ------------------------------------------------------------------------------------------------
 
     async def presets(self) -> list[str]:
-        """Names of the engines' presets (builtins and the presets directory), from the first engine that answers."""
-        last: EngineError | None = None
-        for url in await self.choose():
-            try:
-                body = await self._request("GET", f"{url}/v1/presets", attempts=2)
-            except EngineError as exc:
-                last = exc
-                continue
-            return sorted(p["name"] for p in body.get("presets", []))
-        assert last is not None
-        raise last
+        """Names of the engine's presets (builtins and the presets directory)."""
+        body = await self._request("GET", f"{self.url}/v1/presets", attempts=2)
+        return sorted(p["name"] for p in body.get("presets", []))
 
     async def preset_image(self, name: str, side: int = 128) -> bytes | None:
         """A thumbnail of a global preset, if the engine serves one (GET /v1/presets/{name}/image)."""
-        url = (await self.choose())[0]
         try:
-            return await self._request("GET", f"{url}/v1/presets/{name}/image", params={"size": str(side)},
+            return await self._request("GET", f"{self.url}/v1/presets/{name}/image", params={"size": str(side)},
                                        attempts=1, expect="bytes")
         except EngineError:
             return None
 
     async def ready(self) -> bool:
-        """Whether any engine answers /readyz with 200."""
-        for url in self.urls:
-            try:
-                async with self.session.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    if resp.status == 200:
-                        return True
-            except (aiohttp.ClientError, TimeoutError):
-                continue
-        return False
+        """Whether the engine answers /readyz with 200."""
+        try:
+            async with self.session.get(f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
 
 async def _error_of(resp: aiohttp.ClientResponse) -> EngineError:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from ..core.params import MAX_SIZE, MIN_SIZE, StyleParams
 from ..images.codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -22,6 +23,9 @@ MIN_TOKEN_LENGTH = 16
 # Discord's default upload limit (10 MiB): the output is encoded to fit it unless the client says otherwise.
 DEFAULT_BYTE_BUDGET = 10 * 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The worker's heartbeat runs every third of the ack wait; below this a busy loop could miss it.
+MIN_ACK_WAIT = 3.0
+BROKER_SCHEMES = ("nats", "tls")
 
 
 class SettingsError(ValueError):
@@ -80,6 +84,19 @@ class EngineSettings:
     bf16: bool = False
     compile: bool = False
     tf32: bool = True
+    broker_url: str | None = None
+    """ENGINE_BROKER_URL (`python -m nst_engine work`): the NATS server to pull jobs from, nats://host:4222 or
+    tls://host:4222. Off loopback it needs a token or a user and password."""
+    broker_token: str | None = field(default=None, repr=False)
+    broker_user: str | None = None
+    broker_password: str | None = field(default=None, repr=False)
+    broker_tls_ca: Path | None = None
+    """A CA file to verify the broker's certificate with (implies TLS)."""
+    broker_ack_wait: float = 30.0
+    """Seconds without a heartbeat after which the broker hands a worker's job to another worker. With
+    broker_max_deliver, a setting of the shared queue: the last worker to start sets both."""
+    broker_max_deliver: int = 3
+    """Deliveries of one job before it is failed; the last one only reports (the job killed its workers)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -117,6 +134,12 @@ class EngineSettings:
             p.append(f"ENGINE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not self.device.strip():
             p.append("ENGINE_DEVICE must not be empty (use 'auto')")
+        p += broker_problems("ENGINE_BROKER", self.broker_url, self.broker_token, self.broker_user,
+                             self.broker_password)
+        if not self.broker_ack_wait >= MIN_ACK_WAIT:
+            p.append(f"ENGINE_BROKER_ACK_WAIT must be at least {MIN_ACK_WAIT:g} seconds, got {self.broker_ack_wait}")
+        if not self.broker_max_deliver >= 2:
+            p.append(f"ENGINE_BROKER_MAX_DELIVER must be at least 2, got {self.broker_max_deliver}")
         return p
 
     @property
@@ -146,10 +169,15 @@ class EngineSettings:
         take("device", str, "a device name")
         take("presets_dir", Path, "a directory path")
         take("log_level", lambda s: s.upper(), "a log level")
+        for attr in ("broker_url", "broker_token", "broker_user", "broker_password"):
+            take(attr, str, "a string")
+        take("broker_tls_ca", Path, "a file path")
+        take("broker_max_deliver", int, "an integer")
         for attr in ("max_upload_bytes", "max_pixels", "max_size", "default_size", "max_steps", "default_steps",
                      "max_styles", "queue_size", "max_queued_per_requester"):
             take(attr, int, "an integer")
-        for attr in ("job_timeout", "result_ttl", "shutdown_grace", "progress_interval", "preview_interval"):
+        for attr in ("job_timeout", "result_ttl", "shutdown_grace", "progress_interval", "preview_interval",
+                     "broker_ack_wait"):
             take(attr, _finite_float, "a number of seconds")
         for attr in ("warm_up", "channels_last", "bf16", "compile", "tf32"):
             take(attr, parse_bool, "true or false")
@@ -157,6 +185,30 @@ class EngineSettings:
         if problems:
             raise SettingsError(problems)
         return cls(**values)
+
+
+def broker_problems(prefix: str, url: str | None, token: str | None, user: str | None,
+                    password: str | None) -> list[str]:
+    """What is wrong with a broker address and its credentials (shared shape with the bot's settings)."""
+    if url is None:
+        return []
+    parts = urlsplit(url)
+    if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+        return [f"{prefix}_URL must look like nats://host:4222 or tls://host:4222, got {url!r}"]
+    try:
+        parts.port
+    except ValueError:
+        return [f"{prefix}_URL has an invalid port: {url!r}"]
+    p: list[str] = []
+    if parts.username or parts.password:
+        p.append(f"{prefix}_URL must not hold credentials; use {prefix}_TOKEN or {prefix}_USER/_PASSWORD")
+    if (user is None) != (password is None):
+        p.append(f"{prefix}_USER and {prefix}_PASSWORD go together")
+    if token is not None and user is not None:
+        p.append(f"set either {prefix}_TOKEN or {prefix}_USER/_PASSWORD, not both")
+    if token is None and user is None and not is_loopback(parts.hostname):
+        p.append(f"{prefix}_TOKEN (or {prefix}_USER and _PASSWORD) is required for a broker off loopback")
+    return p
 
 
 def _finite_float(raw: str) -> float:

@@ -176,9 +176,9 @@ class BotRunner:
         self.tmp_path = tmp_path
         self.db_path = tmp_path / "bot.sqlite3"
 
-    def settings(self, engine_urls: tuple[str, ...], **overrides: Any) -> BotSettings:
+    def settings(self, engine_url: str | None, **overrides: Any) -> BotSettings:
         values: dict[str, Any] = dict(
-            discord_token=self.double.token, dev_guild_id=self.double.guild.id, engine_urls=engine_urls,
+            discord_token=self.double.token, dev_guild_id=self.double.guild.id, engine_url=engine_url,
             engine_token=ENGINE_TOKEN, db_path=self.db_path, allowed_cdn_hosts=("127.0.0.1",),
             progress_edit_interval=0.0, preview_interval=0.0, user_cooldown_seconds=0.0, default_size=32,
             max_size=64, job_steps=2, engine_retry_max_seconds=0.3,
@@ -187,14 +187,13 @@ class BotRunner:
         return BotSettings(**values)
 
     @contextlib.asynccontextmanager
-    async def run(self, engine: Engine | str | list[str], **overrides: Any) -> AsyncIterator[StyleBot]:
-        urls = [engine] if isinstance(engine, str) else engine if isinstance(engine, list) else [engine.url]
-        settings = self.settings(tuple(urls), **overrides)
+    async def run(self, engine: Engine | str, **overrides: Any) -> AsyncIterator[StyleBot]:
+        url = engine if isinstance(engine, str) else engine.url
+        settings = self.settings(url, **overrides)
         async with aiohttp.ClientSession() as session:
             journal = await Journal.open(settings.db_path)
             try:
-                client = EngineClient(session, settings.engine_urls, settings.engine_token, backoff=0.05,
-                                      max_backoff=0.3)
+                client = EngineClient(session, url, settings.engine_token, backoff=0.05, max_backoff=0.3)
                 bot = StyleBot(settings, session=session, journal=journal, engine=client, guild_ready_timeout=0.1)
                 async with running(bot, self.double, wait_ready=True):
                     await self.double.wait_for("commands_sync")

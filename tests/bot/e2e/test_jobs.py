@@ -222,18 +222,6 @@ async def test_a_429_from_discord_while_editing_progress(harness, engine, discor
     assert len(limited) == 2 and final["attachments"]
 
 
-async def test_several_engines_go_to_the_healthy_one(harness, engine_factory, discord_double: DiscordDouble):
-    double = discord_double
-    from bot.engine.process import free_port
-
-    healthy = await engine_factory()
-    down = f"http://127.0.0.1:{free_port()}"
-    async with harness.run([down, healthy.url]) as bot:
-        _, final = await _done(double)
-        record = await settled(bot, job_id_of(final["content"]))
-    assert record.engine_url == healthy.url and final["attachments"]
-
-
 async def test_a_flooding_user_does_not_starve_others(harness, engine, discord_double: DiscordDouble):
     double = discord_double
     bob = double.add_user("bob")

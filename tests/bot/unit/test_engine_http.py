@@ -132,7 +132,7 @@ async def test_submit_sends_the_spec_as_multipart_with_the_token(engine, session
         return web.json_response(status_body("j1"), status=202)
 
     engine.answers[("POST", "/v1/jobs")] = [create]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     spec = JobSpec(requester="42", content=b"CONTENT", content_name="photo.jpg", style=b"STYLE",
                    style_name="starry.png", preset="mosaic", size=768, strength=6.5, preserve_colors=True,
                    seed=7, byte_budget=8_000_000)
@@ -158,7 +158,7 @@ async def test_submit_leaves_out_what_is_not_set(engine, session):
         return web.json_response(status_body("j2"), status=202)
 
     engine.answers[("POST", "/v1/jobs")] = [create]
-    client = EngineClient(session, [engine.url], None, **FAST)
+    client = EngineClient(session, engine.url, None, **FAST)
     await client.submit(JobSpec(requester="9", content=b"C", content_name="c.png", style=b"S", seed=0))
     assert fields == {"content": ("c.png", b"C"), "style": ("style.png", b"S"), "requester": (None, b"9"),
                       "preserve_colors": (None, b"false"), "seed": (None, b"0")}
@@ -173,7 +173,7 @@ async def test_status_result_and_cancel(engine, session):
     engine.answers[("GET", "/v1/jobs/{id}/result")] = [web.Response(body=b"\x89PNG...", content_type="image/png")]
     engine.answers[("POST", "/v1/jobs/{id}/cancel")] = [
         web.json_response({**status_body("j1", "running"), "cancel_requested": True}, status=202)]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
 
     assert await client.status(engine.url, "j1") == status_body("j1", "running")
     assert await client.result(engine.url, "j1") == b"\x89PNG..."
@@ -184,7 +184,7 @@ async def test_status_result_and_cancel(engine, session):
 
 async def test_an_unknown_job_is_lost_at_once(engine, session):
     engine.answers[("GET", "/v1/jobs/{id}")] = [error(404, "job_not_found", "No job gone.")]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     with pytest.raises(JobLost) as lost:
         await client.status(engine.url, "gone")
     assert lost.value.job_id == "gone" and lost.value.status == 404 and lost.value.code == "job_not_found"
@@ -195,14 +195,14 @@ async def test_an_unknown_job_is_lost_at_once(engine, session):
                                     error(409, "already_finished", "The job is done.")])
 async def test_cancel_of_a_finished_or_unknown_job_is_none(engine, session, answer):
     engine.answers[("POST", "/v1/jobs/{id}/cancel")] = [answer]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     assert await client.cancel(engine.url, "j1") is None
     assert len(engine.seen) == 1
 
 
 async def test_result_before_done_is_the_engines_error(engine, session):
     engine.answers[("GET", "/v1/jobs/{id}/result")] = [error(409, "not_finished", "The job is still running.")]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     with pytest.raises(EngineError) as err:
         await client.result(engine.url, "j1")
     assert (err.value.status, err.value.code, err.value.message) == (409, "not_finished", "The job is still running.")
@@ -214,7 +214,7 @@ async def test_result_before_done_is_the_engines_error(engine, session):
 async def test_429_is_retried_then_raised_as_busy_with_its_retry_after(engine, session):
     engine.answers[("GET", "/v1/jobs/{id}")] = [
         error(429, "queue_full", "The queue is full.", headers={"Retry-After": "5"})]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)  # max_backoff caps the 5 s
+    client = EngineClient(session, engine.url, TOKEN, **FAST)  # max_backoff caps the 5 s
     with pytest.raises(EngineBusy) as busy:
         await asyncio.wait_for(client.status(engine.url, "j1"), 10)
     assert len(engine.seen) == 3  # FAST["attempts"]
@@ -226,7 +226,7 @@ async def test_429_then_accepted(engine, session):
     engine.answers[("POST", "/v1/jobs")] = [
         error(429, "too_many_jobs", "You have 3 jobs waiting.", headers={"Retry-After": "0"}),
         web.json_response(status_body("j9"), status=202)]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     assert (await client.submit(JobSpec(requester="1", content=b"c", content_name="c.png"))).job_id == "j9"
     assert engine.paths("POST") == ["/v1/jobs", "/v1/jobs"]
 
@@ -234,7 +234,7 @@ async def test_429_then_accepted(engine, session):
 async def test_retry_after_is_waited_for_not_the_short_backoff(engine, session):
     engine.answers[("GET", "/v1/jobs/{id}")] = [
         error(429, "queue_full", "Full.", headers={"Retry-After": "0.2"}), web.json_response(status_body("j1"))]
-    client = EngineClient(session, [engine.url], TOKEN, attempts=2, backoff=0.001, max_backoff=5.0)
+    client = EngineClient(session, engine.url, TOKEN, attempts=2, backoff=0.001, max_backoff=5.0)
     await client.status(engine.url, "j1")
     first, second = engine.seen
     assert second.at - first.at >= 0.2  # a lower bound: sleeping never ends early
@@ -243,7 +243,7 @@ async def test_retry_after_is_waited_for_not_the_short_backoff(engine, session):
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 async def test_5xx_is_retried_then_unavailable(engine, session, status):
     engine.answers[("GET", "/v1/jobs/{id}")] = [error(status, "internal_error", "Oops.")]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     with pytest.raises(EngineUnavailable) as down:
         await client.status(engine.url, "j1")
     assert len(engine.seen) == 3
@@ -257,7 +257,7 @@ async def test_a_5xx_then_an_answer(engine, session):
         error(503, "shutting_down", "Restarting.", headers={"Retry-After": "0"}),
         web.Response(status=502, text="<html>bad gateway</html>", content_type="text/html"),
         web.json_response(status_body("j1", "done"))]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     assert (await client.status(engine.url, "j1"))["state"] == "done"
     assert len(engine.seen) == 3
 
@@ -265,7 +265,7 @@ async def test_a_5xx_then_an_answer(engine, session):
 async def test_connection_refused_is_unavailable_after_its_tries(session, caplog):
     caplog.set_level(logging.DEBUG, logger="bot.engine.http")
     url = f"http://127.0.0.1:{closed_port()}"
-    client = EngineClient(session, [url], TOKEN, **FAST)
+    client = EngineClient(session, url, TOKEN, **FAST)
     with pytest.raises(EngineUnavailable) as down:
         await asyncio.wait_for(client.status(url, "j1"), 10)
     tries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine request failed")]
@@ -292,7 +292,7 @@ async def test_connection_refused_is_unavailable_after_its_tries(session, caplog
 async def test_error_bodies_become_engine_errors_without_retries(engine, session, answer, status, code, message,
                                                                   suggestions):
     engine.answers[("POST", "/v1/jobs")] = [answer]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     with pytest.raises(EngineError) as err:
         await client.submit(JobSpec(requester="1", content=b"c", content_name="c.png", preset="mosiac"))
     assert type(err.value) is EngineError
@@ -308,7 +308,7 @@ async def test_the_token_goes_only_in_the_authorization_header(engine, session):
     engine.answers[("GET", "/v1/jobs/{id}")] = [web.json_response(status_body("j1"))]
     engine.answers[("GET", "/v1/presets")] = [web.json_response({"presets": [{"name": "b"}, {"name": "a"}]})]
     engine.answers[("GET", "/v1/presets/{name}/image")] = [web.Response(body=b"thumb", content_type="image/png")]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     await client.status(engine.url, "j1")
     assert await client.presets() == ["a", "b"]
     assert await client.preset_image("b", side=64) == b"thumb"
@@ -336,45 +336,21 @@ async def test_the_event_stream_ends_with_the_done_event(engine, session):
         return resp
 
     engine.answers[("GET", "/v1/jobs/{id}/events")] = [events]
-    client = EngineClient(session, [engine.url], TOKEN, **FAST)
+    client = EngineClient(session, engine.url, TOKEN, **FAST)
     received = [event async for event in client.events(engine.url, "j1")]
     assert len(received) == 3  # status, progress, done; and no "ended early" error
     assert engine.seen[0].authorization == f"Bearer {TOKEN}"
 
 
-# --- several engines -------------------------------------------------------------------------------------------------
+# --- readiness -----------------------------------------------------------------------------------------------------
 
 
-def queue(queued: int, running: int = 0, ready: int = 1, accepting: bool = True) -> web.Response:
-    return web.json_response({"accepting": accepting, "queued": queued, "running": ["r"] * running,
-                              "workers": [{"device": "cpu", "state": "ready"}] * ready})
-
-
-async def test_jobs_go_to_the_shortest_queue_and_over_to_the_next_engine_when_one_is_down(start_engine, session):
-    busy, idle, full = await start_engine(), await start_engine(), await start_engine()
-    busy.answers[("GET", "/v1/queue")] = [queue(queued=4, running=2, ready=2)]  # load 3
-    idle.answers[("GET", "/v1/queue")] = [queue(queued=1, running=1, ready=1)]  # load 2
-    full.answers[("GET", "/v1/queue")] = [queue(queued=0, accepting=False)]  # not accepting: last
-    for e, name in ((busy, "b1"), (idle, "i1"), (full, "f1")):
-        e.answers[("POST", "/v1/jobs")] = [web.json_response(status_body(name), status=202)]
-    client = EngineClient(session, [full.url, busy.url, idle.url], TOKEN, **FAST)
-    assert await client.choose() == [idle.url, busy.url, full.url]
-
-    spec = JobSpec(requester="1", content=b"c", content_name="c.png")
-    assert (await client.submit(spec)).engine == idle.url
-
-    idle.answers[("POST", "/v1/jobs")] = [error(503, "shutting_down", "Bye.")]
-    client.forget_health(idle.url)
-    submitted = await client.submit(spec)
-    assert (submitted.engine, submitted.job_id) == (busy.url, "b1")
-    assert len(idle.paths("POST")) == 1 + 2  # the first job, then two tries before moving on
-
-
-async def test_ready_is_true_when_any_engine_answers_200(start_engine, session):
+async def test_ready_is_whether_the_engine_answers_200(start_engine, session):
     starting, ready = await start_engine(), await start_engine()
     starting.answers[("GET", "/readyz")] = [web.json_response({"status": "starting"}, status=503)]
     ready.answers[("GET", "/readyz")] = [web.json_response({"status": "ready"})]
     dead = f"http://127.0.0.1:{closed_port()}"
-    assert await EngineClient(session, [dead, starting.url, ready.url], TOKEN).ready() is True
-    assert await EngineClient(session, [dead, starting.url], TOKEN).ready() is False
+    assert await EngineClient(session, ready.url, TOKEN).ready() is True
+    assert await EngineClient(session, starting.url, TOKEN).ready() is False
+    assert await EngineClient(session, dead, TOKEN).ready() is False
     assert starting.seen[0].authorization is None  # /readyz needs no token, and gets none

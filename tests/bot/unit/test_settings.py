@@ -16,10 +16,10 @@ from bot.settings import VARIABLES, BotSettings, SettingsError, environment, rea
 
 
 def test_from_env_defaults_and_values():
-    s = BotSettings.from_env({"DISCORD_TOKEN": "abc.def.ghi", "ENGINE_URLS": "http://a:1/, http://b:2",
+    s = BotSettings.from_env({"DISCORD_TOKEN": "abc.def.ghi", "ENGINE_URLS": "http://a:1/",
                               "ALLOWED_CDN_HOSTS": "CDN.discordapp.com", "MAX_QUEUED_PER_USER": "4",
                               "USER_COOLDOWN_SECONDS": "2.5", "DEV_GUILD_ID": "123", "LOG_LEVEL": "debug"})
-    assert s.engine_urls == ("http://a:1", "http://b:2") and not s.embedded_engine
+    assert s.engine_url == "http://a:1" and not s.embedded_engine
     assert s.allowed_cdn_hosts == ("cdn.discordapp.com",) and s.max_queued_per_user == 4
     assert s.user_cooldown_seconds == 2.5 and s.dev_guild_id == 123 and s.log_level == "DEBUG"
     assert s.command_prefix == "!" and BotSettings.from_env({"DISCORD_TOKEN": "x"}).embedded_engine
@@ -92,8 +92,28 @@ async def test_embedded_engine_starts_on_loopback_with_a_token_and_stops(tmp_pat
             assert engine.url.startswith("http://127.0.0.1:") and len(engine.token) >= 32
             async with session.get(f"{engine.url}/v1/queue") as resp:
                 assert resp.status == 401  # a token is required
-            client = EngineClient(session, [engine.url], engine.token)
+            client = EngineClient(session, engine.url, engine.token)
             assert "mosaic" in await client.presets()
         finally:
             await engine.stop()
     assert not engine.running
+
+
+def test_broker_settings():
+    base = {"DISCORD_TOKEN": "x"}
+    s = BotSettings.from_env({**base, "ENGINE_BROKER_URL": "nats://127.0.0.1:4222"})
+    assert s.engine_broker_url == "nats://127.0.0.1:4222" and not s.embedded_engine  # loopback: no token needed
+    s = BotSettings.from_env({**base, "ENGINE_BROKER_URL": "tls://nats.example:4222", "ENGINE_BROKER_TOKEN": "t0k3n",
+                              "ENGINE_BROKER_TLS_CA": "/ca.pem"})
+    assert s.engine_broker_token == "t0k3n" and "t0k3n" not in repr(s)
+    for env, expected in (
+        ({"ENGINE_BROKER_URL": "nats://10.0.0.5:4222"}, "ENGINE_BROKER_TOKEN (or ENGINE_BROKER_USER and _PASSWORD)"),
+        ({"ENGINE_BROKER_URL": "http://10.0.0.5:4222"}, "must look like nats://host:4222"),
+        ({"ENGINE_BROKER_URL": "nats://u:p@127.0.0.1:4222"}, "must not hold credentials"),
+        ({"ENGINE_BROKER_URL": "nats://127.0.0.1", "ENGINE_BROKER_USER": "bot"}, "go together"),
+        ({"ENGINE_BROKER_URL": "nats://127.0.0.1", "ENGINE_URLS": "http://e:1"}, "not both"),
+        ({"ENGINE_URLS": "http://a:1,http://b:2"}, "ENGINE_URLS takes one engine"),
+    ):
+        with pytest.raises(SettingsError) as err:
+            BotSettings.from_env({**base, **env})
+        assert any(expected in p for p in err.value.problems), err.value.problems

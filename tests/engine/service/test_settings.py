@@ -121,3 +121,16 @@ def test_worker_devices():
         worker_devices("cpu,cpu")
     with pytest.raises(DeviceUnavailable):
         worker_devices("tpu")
+
+
+def test_broker_settings_for_the_worker():
+    s = EngineSettings.from_env({"ENGINE_BROKER_URL": "nats://gpu-hub:4222", "ENGINE_BROKER_TOKEN": TOKEN,
+                                 "ENGINE_BROKER_ACK_WAIT": "12", "ENGINE_BROKER_MAX_DELIVER": "5"})
+    assert (s.broker_url, s.broker_ack_wait, s.broker_max_deliver) == ("nats://gpu-hub:4222", 12.0, 5)
+    assert TOKEN not in repr(s)
+    with pytest.raises(SettingsError) as err:
+        EngineSettings.from_env({"ENGINE_BROKER_URL": "nats://gpu-hub:4222", "ENGINE_BROKER_ACK_WAIT": "1",
+                                 "ENGINE_BROKER_MAX_DELIVER": "1"})
+    problems = " | ".join(err.value.problems)
+    assert "ENGINE_BROKER_TOKEN (or ENGINE_BROKER_USER and _PASSWORD) is required" in problems
+    assert "ENGINE_BROKER_ACK_WAIT must be at least 3" in problems and "ENGINE_BROKER_MAX_DELIVER" in problems

@@ -189,12 +189,13 @@ class BrokerEngine:
             probe = await nats.connect(**self.address.connect_options(), name=f"{self.name} (probe)",
                                        max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=remember)
         except NoServersError:
-            cause = errors[-1] if errors else None
-            if cause is not None and "authorization" in str(cause).lower():
+            # Any of the tries' errors decides: under load the last one can be a timeout of the retry.
+            if any("authorization" in str(e).lower() for e in errors):
                 raise BrokerRefused(f"the broker at {self.address.url} refused the credentials "
                                     "(check ENGINE_BROKER_TOKEN or ENGINE_BROKER_USER/_PASSWORD)") from None
-            if isinstance(cause, ssl.SSLError):
-                raise BrokerRefused(f"TLS with the broker at {self.address.url} failed: {cause}") from None
+            tls = next((e for e in errors if isinstance(e, ssl.SSLError)), None)
+            if tls is not None:
+                raise BrokerRefused(f"TLS with the broker at {self.address.url} failed: {tls}") from None
             raise
         try:
             await probe.jetstream().account_info()

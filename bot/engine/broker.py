@@ -40,6 +40,7 @@ from nats.js.errors import (
 )
 from PIL import Image, UnidentifiedImageError
 
+from ..backoff import Backoff
 from ..errors import EngineError, EngineUnavailable, JobLost
 from .events import EngineEvent, FinalState, parse_event
 from .http import JobSpec, Submitted
@@ -167,17 +168,18 @@ class BrokerEngine:
             self._connecting = asyncio.create_task(self._keep_connecting(), name="nst-broker-connect")
 
     async def _keep_connecting(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
+        delay = backoff.next()
         while True:
             await asyncio.sleep(delay)
             try:
                 await self._connect()
                 return
             except (NoServersError, OSError, TimeoutError):
-                delay = min(30.0, delay * 2)
+                delay = backoff.next()
             except BrokerRefused as exc:  # the broker came up with other settings: say so, keep trying
                 log.error("%s", exc)
-                delay = 30.0
+                delay = backoff.cap
 
     async def _connect(self) -> None:
         errors: list[Exception] = []

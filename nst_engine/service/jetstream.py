@@ -120,7 +120,9 @@ async def connect(address: BrokerAddress, *, name: str,
         probe = await nats.connect(**address.connect_options(), name=f"{name} (probe)", max_reconnect_attempts=1,
                                    reconnect_time_wait=0.2, error_cb=remember)
     except (NoServersError, OSError, TimeoutError, NatsError) as exc:
-        raise BrokerError(_why_not(address, last[-1] if last else exc)) from None
+        # The most telling of the tries' errors: under load the last one can be the retry's timeout.
+        refused = [e for e in last if "authoriz" in str(e).lower() or "authentic" in str(e).lower()]
+        raise BrokerError(_why_not(address, (refused or last or [exc])[-1])) from None
     try:
         await probe.jetstream().account_info()
     except (ServiceUnavailableError, NoRespondersError):
